@@ -1,0 +1,74 @@
+"""The one error tree of the platform.
+
+    AnimusError
+    ├── ConfigurationError        a setting is wrong; the process stops at start
+    ├── NotFoundError             a resource does not exist (404)
+    ├── ConflictError             the request conflicts with current state (409)
+    │   ├── StreamVersionConflict optimistic concurrency lost on a stream
+    │   └── AlreadyExistsError    a resource with this id exists
+    ├── ValidationError           the request is well-formed but refused (422)
+    ├── StoreError                the event store failed
+    │   └── TransientStoreError   retryable (503)
+    ├── ChainError                the hash chain does not verify
+    ├── BusError                  NATS / JetStream failed
+    └── StorageError              the object store failed
+
+Lower-level exceptions (psycopg, nats, botocore) are translated to these at
+exactly one boundary each, chained with `from`.
+"""
+
+from __future__ import annotations
+
+
+class AnimusError(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    title = "Error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ConfigurationError(AnimusError):
+    title = "Invalid configuration"
+
+
+class NotFoundError(AnimusError):
+    title = "Not found"
+
+
+class ConflictError(AnimusError):
+    title = "Conflict"
+
+
+class StreamVersionConflict(ConflictError):
+    title = "Stream version conflict"
+
+
+class AlreadyExistsError(ConflictError):
+    title = "Already exists"
+
+
+class ValidationError(AnimusError):
+    title = "Validation failed"
+
+
+class StoreError(AnimusError):
+    title = "Event store error"
+
+
+class TransientStoreError(StoreError):
+    title = "Event store temporarily unavailable"
+
+
+class ChainError(AnimusError):
+    title = "Hash chain broken"
+
+
+class BusError(AnimusError):
+    title = "Bus error"
+
+
+class StorageError(AnimusError):
+    title = "Object storage error"

@@ -1,0 +1,94 @@
+"""Settings from the environment (prefix `ANIMUS_`), checked once at start.
+
+A wrong setting stops the process with one line naming it; see `load_settings`.
+Services left unset (database, NATS, S3) are started embedded by `animus up`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from animus.errors import ConfigurationError
+
+APP_ROLE = "animus_app"
+
+
+class Settings(BaseSettings):
+    """Every knob of every process. Unset services mean "embedded"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ANIMUS_", extra="ignore", frozen=True
+    )
+
+    environment: Literal["dev", "test", "production"] = "dev"
+    auth_mode: Literal["dev"] = "dev"
+    dev_tokens: dict[str, str] = Field(
+        default_factory=lambda: {"dev-token": "dev"},
+        description="dev auth: bearer token -> user name",
+    )
+    home: Path = Field(default=Path(".animus"), description="embedded data root")
+
+    database_url: str | None = Field(
+        default=None, description="DSN of the owner role, used by migrate"
+    )
+    app_database_url: str | None = Field(
+        default=None,
+        description="DSN of the INSERT/SELECT-only role; derived when unset",
+    )
+    nats_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str = "animus"
+    s3_secret_key: SecretStr = SecretStr("animus-secret")
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "animus"
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8700, ge=1, le=65535)
+    embedded_postgres_port: int = Field(default=55432, ge=1, le=65535)
+    embedded_nats_port: int = Field(default=42220, ge=1, le=65535)
+    embedded_s3_port: int = Field(default=48333, ge=1, le=65535)
+
+    executor_kind: Literal["local"] = "local"
+    executor_workdir: Path | None = None
+    executor_concurrency: int = Field(default=2, ge=1, le=64)
+    allow_unsandboxed: bool = False
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_upload_bytes: int = Field(default=50 * 1024**3, ge=1)
+    upload_part_bytes: int = Field(default=16 * 1024**2, ge=5 * 1024**2)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Settings:
+        if self.environment == "production" and self.auth_mode == "dev":
+            raise ValueError("auth_mode 'dev' is refused when environment is production")
+        if self.environment == "production" and self.allow_unsandboxed:
+            raise ValueError("allow_unsandboxed is refused when environment is production")
+        return self
+
+    @property
+    def workdir(self) -> Path:
+        return self.executor_workdir or self.home / "executor"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Load settings, turning any mistake into one ConfigurationError line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        env = f"ANIMUS_{name.upper()}" if first["loc"] else name
+        raise ConfigurationError(f"{env}: {first['msg']}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,171 @@
+"""Domain events: the only things ever written to the event log.
+
+Event type names are past tense. Each class documents its payload; the
+envelope around it (position, stream, metadata, chain) lives in
+`contracts.envelope`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts._text import Identifier, LongText, ShortText
+from contracts.runs import ArtifactInfo, FailureReason, RunPlan, RunSpec
+
+
+class DomainEvent(BaseModel):
+    """Base class: a frozen payload with a stable type name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+
+
+class ProjectCreated(DomainEvent):
+    event_type = "ProjectCreated"
+    project_id: Identifier
+    name: ShortText
+    description: LongText = ""
+
+
+class DatasetRegistered(DomainEvent):
+    event_type = "DatasetRegistered"
+    project_id: Identifier
+    dataset_id: Identifier
+    name: ShortText
+    description: LongText = ""
+
+
+class DatasetVersionCommitted(DomainEvent):
+    """A version whose object is complete in S3 and whose sha256 was checked."""
+
+    event_type = "DatasetVersionCommitted"
+    project_id: Identifier
+    dataset_id: Identifier
+    version: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=1)
+    object_key: str
+    filename: ShortText = ""
+    content_type: ShortText = "application/octet-stream"
+
+
+class RunSubmitted(DomainEvent):
+    event_type = "RunSubmitted"
+    project_id: Identifier
+    run_id: str
+    spec: RunSpec
+    spec_hash: str
+
+
+class RunPlanned(DomainEvent):
+    event_type = "RunPlanned"
+    project_id: Identifier
+    run_id: str
+    plan: RunPlan
+    plan_hash: str
+
+
+class RunDispatched(DomainEvent):
+    """The run was handed to an executor; the relay publishes its launch."""
+
+    event_type = "RunDispatched"
+    project_id: Identifier
+    run_id: str
+    attempt: int = Field(ge=1)
+    executor: str
+
+
+class RunCancelRequested(DomainEvent):
+    event_type = "RunCancelRequested"
+    project_id: Identifier
+    run_id: str
+    attempt: int = Field(ge=1)
+    reason: ShortText = "requested by user"
+
+
+class RunStarted(DomainEvent):
+    event_type = "RunStarted"
+    project_id: Identifier
+    run_id: str
+    attempt: int
+    report_id: str
+    executor_time: str | None = None
+
+
+class ArtifactRecorded(DomainEvent):
+    event_type = "ArtifactRecorded"
+    project_id: Identifier
+    run_id: str
+    attempt: int
+    report_id: str
+    artifact: ArtifactInfo
+
+
+class MetricsRecorded(DomainEvent):
+    event_type = "MetricsRecorded"
+    project_id: Identifier
+    run_id: str
+    attempt: int
+    report_id: str
+    metrics: dict[str, float]
+
+
+class RunSucceeded(DomainEvent):
+    event_type = "RunSucceeded"
+    project_id: Identifier
+    run_id: str
+    attempt: int
+    report_id: str
+    exit_code: int = 0
+
+
+class RunFailed(DomainEvent):
+    event_type = "RunFailed"
+    project_id: Identifier
+    run_id: str
+    attempt: int
+    report_id: str | None = None
+    reason: FailureReason
+    message: LongText = ""
+    exit_code: int | None = None
+
+
+class RunCanceled(DomainEvent):
+    event_type = "RunCanceled"
+    project_id: Identifier
+    run_id: str
+    attempt: int
+    report_id: str | None = None
+    reason: ShortText = "canceled"
+
+
+EVENT_TYPES: dict[str, type[DomainEvent]] = {
+    cls.event_type: cls
+    for cls in (
+        ProjectCreated,
+        DatasetRegistered,
+        DatasetVersionCommitted,
+        RunSubmitted,
+        RunPlanned,
+        RunDispatched,
+        RunCancelRequested,
+        RunStarted,
+        ArtifactRecorded,
+        MetricsRecorded,
+        RunSucceeded,
+        RunFailed,
+        RunCanceled,
+    )
+}
+
+TERMINAL_RUN_EVENTS = frozenset({"RunSucceeded", "RunFailed", "RunCanceled"})
+
+StreamType = Literal["project", "dataset", "run"]
+
+
+def decode_event(event_type: str, data: dict[str, Any]) -> DomainEvent:
+    """Turn a stored payload back into its model (upcasting lives here)."""
+    return EVENT_TYPES[event_type].model_validate(data)
