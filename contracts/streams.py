@@ -1,0 +1,27 @@
+"""Stream naming: one resource, one stream, one spelling everywhere."""
+
+from __future__ import annotations
+
+
+def project_stream(project_id: str) -> str:
+    return f"project-{project_id}"
+
+
+def dataset_stream(project_id: str, dataset_id: str) -> str:
+    return f"dataset-{project_id}-{dataset_id}"
+
+
+def run_stream(run_id: str) -> str:
+    return f"run-{run_id}"
+
+
+RUN_STATUSES = (
+    "submitted",
+    "planned",
+    "dispatched",
+    "running",
+    "succeeded",
+    "failed",
+    "canceled",
+)
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
