@@ -42,7 +42,11 @@ async def open_pool(
 ) -> AsyncConnectionPool:
     """Open a pool and wait until one connection works."""
     pool = AsyncConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, open=False, name=name,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
         kwargs={"autocommit": True},
     )
     with translate_db_errors():

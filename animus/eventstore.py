@@ -199,7 +199,9 @@ class EventStore:
     ) -> list[list[RecordedEvent] | Exception]:
         with translate_db_errors():
             async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK_KEY,))
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK_KEY,)
+                )
                 position, head = await _read_head(conn)
                 versions = await _stream_versions(conn, batch)
                 results: list[list[RecordedEvent] | Exception] = []
@@ -247,7 +249,9 @@ class EventStore:
     async def head_position(self) -> int:
         with translate_db_errors():
             async with self._pool.connection() as conn:
-                cur = await conn.execute("SELECT coalesce(max(position), 0) FROM events")
+                cur = await conn.execute(
+                    "SELECT coalesce(max(position), 0) FROM events"
+                )
                 row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -334,9 +338,20 @@ def _build(
         hash=digest,
     )
     row = (
-        position, event_id, new.stream_type, new.stream_id, stream_version,
-        new.project_id, event.type, event.schema_version, Jsonb(data),
-        Jsonb(metadata), now, canonical, prev_hash, digest,
+        position,
+        event_id,
+        new.stream_type,
+        new.stream_id,
+        stream_version,
+        new.project_id,
+        event.type,
+        event.schema_version,
+        Jsonb(data),
+        Jsonb(metadata),
+        now,
+        canonical,
+        prev_hash,
+        digest,
     )
     return event, row
 

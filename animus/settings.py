@@ -22,9 +22,7 @@ APP_ROLE = "animus_app"
 class Settings(BaseSettings):
     """Every knob of every process. Unset services mean "embedded"."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="ANIMUS_", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="ANIMUS_", extra="ignore", frozen=True)
 
     environment: Literal["dev", "test", "production"] = "dev"
     auth_mode: Literal["dev"] = "dev"
@@ -68,9 +66,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
         if self.environment == "production" and self.auth_mode == "dev":
-            raise ValueError("auth_mode 'dev' is refused when environment is production")
+            raise ValueError(
+                "auth_mode 'dev' is refused when environment is production"
+            )
         if self.environment == "production" and self.allow_unsandboxed:
-            raise ValueError("allow_unsandboxed is refused when environment is production")
+            raise ValueError(
+                "allow_unsandboxed is refused when environment is production"
+            )
         return self
 
     @property

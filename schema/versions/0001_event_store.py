@@ -74,9 +74,7 @@ def upgrade() -> None:
     )
     op.execute(f"REVOKE ALL ON events FROM PUBLIC, {APP_ROLE}")
     op.execute(f"GRANT SELECT, INSERT ON events TO {APP_ROLE}")
-    op.execute(
-        f"GRANT SELECT, INSERT, UPDATE ON relay_checkpoints TO {APP_ROLE}"
-    )
+    op.execute(f"GRANT SELECT, INSERT, UPDATE ON relay_checkpoints TO {APP_ROLE}")
     op.execute(f"GRANT USAGE ON SCHEMA public TO {APP_ROLE}")
 
 
