@@ -94,28 +94,21 @@ class ChainVerifier:
         self.events = 0
         self.first_break: ChainBreak | None = None
 
-    def feed(
-        self,
-        position: int,
-        prev_hash: bytes,
-        stored_hash: bytes,
-        canonical: bytes,
-        consistent: bool,
-    ) -> bool:
-        """Check one row; return False once the chain is broken."""
+    def feed_hash(self, position: int, canonical: bytes, stored_hash: bytes) -> bool:
+        """Recompute one link; return False once the chain is broken.
+
+        Linkage of the stored `prev_hash` column and the columns' agreement
+        with the envelope are checked by the database (see animus.verify).
+        """
         reason = None
         if position != self.expected_position:
             reason = f"expected position {self.expected_position}, found {position}"
-        elif bytes(prev_hash) != self.prev_hash:
-            reason = "prev_hash does not match the previous event's hash"
-        elif link_hash(self.prev_hash, bytes(canonical)) != bytes(stored_hash):
+        elif link_hash(self.prev_hash, canonical) != stored_hash:
             reason = "hash does not match sha256(prev_hash || canonical)"
-        elif not consistent:
-            reason = "stored columns differ from the canonical envelope"
         if reason is not None:
             self.first_break = ChainBreak(position=position, reason=reason)
             return False
-        self.prev_hash = bytes(stored_hash)
+        self.prev_hash = stored_hash
         self.expected_position += 1
         self.events += 1
         return True

@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from animus.chain import GENESIS_HASH, canonical_envelope, link_hash
@@ -34,7 +33,7 @@ ANY_VERSION = -1
 
 _COLUMNS = (
     "position, event_id, stream_type, stream_id, stream_version, project_id, "
-    "type, schema_version, data, metadata, recorded_at, canonical, prev_hash, hash"
+    "type, schema_version, recorded_at, canonical, prev_hash, hash"
 )
 
 
@@ -346,10 +345,8 @@ def _build(
         new.project_id,
         event.type,
         event.schema_version,
-        Jsonb(data),
-        Jsonb(metadata),
         now,
-        canonical,
+        canonical.decode(),
         prev_hash,
         digest,
     )

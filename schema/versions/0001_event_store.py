@@ -1,5 +1,9 @@
 """Event store: the events table, its immutability, and the application role.
 
+`canonical` holds the exact RFC 8785 text that is hashed; `data` and
+`metadata` are generated from it, so the queryable payload cannot drift from
+the hashed one without a schema change that `animus verify` detects.
+
 Revision ID: 0001
 Revises:
 """
@@ -35,10 +39,12 @@ def upgrade() -> None:
             project_id      text,
             type            text        NOT NULL,
             schema_version  integer     NOT NULL,
-            data            jsonb       NOT NULL,
-            metadata        jsonb       NOT NULL,
             recorded_at     timestamptz NOT NULL,
-            canonical       bytea       NOT NULL,
+            canonical       text        NOT NULL,
+            data            jsonb       NOT NULL
+                GENERATED ALWAYS AS ((canonical::jsonb) -> 'data') STORED,
+            metadata        jsonb       NOT NULL
+                GENERATED ALWAYS AS ((canonical::jsonb) -> 'metadata') STORED,
             prev_hash       bytea       NOT NULL CHECK (length(prev_hash) = 32),
             hash            bytea       NOT NULL CHECK (length(hash) = 32),
             UNIQUE (stream_id, stream_version)

@@ -1,0 +1,3 @@
+from animus.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The `animus` command: every process, the one-machine stack, the main job and
+the operator's tools.
+
+Process bodies live in their own units and are loaded by dotted name, so the
+kernel stays free of imports from the units it launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+
+from animus.errors import AnimusError, ConfigurationError
+from animus.settings import Settings, load_settings
+
+PROCESSES: dict[str, str] = {
+    "gateway": "gateway.main:run",
+    "relay": "animus.relay_main:run",
+    "projector": "projections.main:run",
+    "coordinator": "commands.main:run",
+    "executor": "executors.main:run",
+}
+
+err = Console(stderr=True, highlight=False)
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="animus", description="Animus Datalab: an ML lab that proves what it ran."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("up", help="run the whole platform on this machine")
+    demo = sub.add_parser("demo", help="run the main job end to end")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("verify", help="verify the hash chain from genesis")
+    replay = sub.add_parser("replay", help="rebuild read models and compare")
+    replay.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("migrate", help="apply database migrations")
+    for name in PROCESSES:
+        sub.add_parser(name, help=f"run the {name} process alone")
+    return parser
+
+
+def _run_process(name: str, settings: Settings) -> int:
+    from animus.runtime import run_until_signalled
+    from animus.telemetry import configure_logging
+
+    configure_logging(level=settings.log_level, fmt=settings.log_format, process=name)
+    body: Callable[[Settings, asyncio.Event], Awaitable[None]] = _load(PROCESSES[name])
+    asyncio.run(run_until_signalled(name, lambda stop: body(settings, stop)))
+    return 0
+
+
+def _verify(settings: Settings) -> int:
+    from animus.db import app_dsn
+    from animus.stack import resolve_services
+    from animus.verify import verify_chain
+
+    settings = resolve_services(settings)
+    result = verify_chain(app_dsn(settings))
+    if result.verified:
+        print(f"chain verified: {result.events} events, head {result.head_hash.hex()}")
+        return 0
+    brk = result.first_break
+    assert brk is not None
+    print(f"chain broken at position {brk.position}: {brk.reason}")
+    return 1
+
+
+def _replay(settings: Settings, *, as_json: bool) -> int:
+    from animus.stack import resolve_services
+
+    settings = resolve_services(settings)
+    replay = _load("projections.replay:replay_command")
+    report: dict[str, Any] = asyncio.run(replay(settings))
+    if as_json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        for table, row in sorted(report["tables"].items()):
+            mark = "equal" if row["equal"] else "DIFFERENT"
+            print(
+                f"{table:<20} live {row['live']:>8}  "
+                f"replayed {row['replayed']:>8}  {mark}"
+            )
+        print("replay equals live" if report["equal"] else "replay DIFFERS from live")
+    return 0 if report["equal"] else 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command in PROCESSES:
+        from animus.stack import resolve_services
+
+        return _run_process(args.command, resolve_services(settings))
+    if args.command == "up":
+        from animus.stack import run_up
+
+        return run_up(settings)
+    if args.command == "demo":
+        return int(_load("animus.demo:run_demo")(settings, as_json=args.json))
+    if args.command == "verify":
+        return _verify(settings)
+    if args.command == "replay":
+        return _replay(settings, as_json=args.json)
+    if args.command == "migrate":
+        from animus.migrate import migrate
+        from animus.stack import resolve_services
+
+        settings = resolve_services(settings)
+        if not settings.database_url:
+            raise ConfigurationError("ANIMUS_DATABASE_URL: required for migrate")
+        migrate(settings.database_url)
+        print("database migrated")
+        return 0
+    raise ConfigurationError(f"unknown command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return _dispatch(args, settings)
+    except AnimusError as exc:
+        err.print(f"animus: {exc.detail}", markup=False)
+        return 2 if isinstance(exc, ConfigurationError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

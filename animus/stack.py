@@ -1,0 +1,306 @@
+"""`animus up`: the whole platform on one machine, and how other commands find it.
+
+Services left unset in settings start embedded from their wheels under
+`ANIMUS_HOME` (default `./.animus`); the five platform processes then run as
+children of this supervisor, which restarts a crashed one and stops them all
+on Ctrl-C. While it runs, `stack.json` tells other commands where things are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import structlog
+from rich.console import Console
+
+from animus.errors import ConfigurationError
+from animus.settings import Settings
+
+log = structlog.get_logger(__name__)
+out = Console(stderr=True, highlight=False)
+
+PROCESS_ORDER = ("projector", "relay", "coordinator", "executor", "gateway")
+RESTART_LIMIT = 5
+
+
+def stack_file(settings: Settings) -> Path:
+    return settings.home.resolve() / "stack.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_stack(settings: Settings) -> dict[str, Any] | None:
+    """The running stack's addresses, or None when no `animus up` is alive."""
+    path = stack_file(settings)
+    try:
+        info: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if _pid_alive(int(info.get("pid", 0))) else None
+
+
+def resolve_services(settings: Settings) -> Settings:
+    """Fill unset service addresses from a running `animus up`."""
+    info = read_stack(settings)
+    if info is None:
+        return settings
+    update = {
+        key: info[key]
+        for key in ("database_url", "nats_url", "s3_endpoint")
+        if getattr(settings, key) is None and info.get(key)
+    }
+    return settings.model_copy(update=update) if update else settings
+
+
+def gateway_url(settings: Settings) -> str:
+    return f"http://{settings.gateway_host}:{settings.gateway_port}"
+
+
+@dataclass(kw_only=True)
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_file: IO[bytes]
+    restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    """Starts the embedded services and the five processes; stops them in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.embedded: Any = None
+        self.children: dict[str, _Child] = {}
+        self.env: dict[str, str] = {}
+        self._lock: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.home / "up.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConfigurationError(
+                f"another `animus up` is already running on {self.home}"
+            ) from exc
+
+    def start_services(self) -> Settings:
+        """Start what settings leave unset; return settings pointing at all."""
+        from animus.embedded import EmbeddedPorts, EmbeddedStack
+
+        s = self.settings
+        wanted = [
+            name
+            for name, given in (
+                ("postgres", s.database_url),
+                ("nats", s.nats_url),
+                ("s3", s.s3_endpoint),
+            )
+            if not given
+        ]
+        update: dict[str, Any] = {}
+        if wanted:
+            ports = EmbeddedPorts(
+                postgres=s.embedded_postgres_port,
+                nats=s.embedded_nats_port,
+                s3=s.embedded_s3_port,
+            )
+            out.print(f"starting embedded {', '.join(wanted)} under {self.home}")
+            self.embedded = EmbeddedStack(self.home, ports, services=wanted)
+            self.embedded.start()
+            if self.embedded.postgres:
+                update["database_url"] = self.embedded.postgres.dsn
+            if self.embedded.nats:
+                update["nats_url"] = self.embedded.nats.url
+            if self.embedded.s3:
+                update["s3_endpoint"] = self.embedded.s3.endpoint
+        self.settings = s.model_copy(update=update)
+        return self.settings
+
+    def prepare(self) -> None:
+        """Migrate, and create the bucket and streams every process expects."""
+        from animus.migrate import migrate
+
+        assert self.settings.database_url
+        migrate(self.settings.database_url)
+        asyncio.run(_prepare_bus_and_bucket(self.settings))
+
+    def spawn_all(self) -> None:
+        s = self.settings
+        self.env = dict(os.environ)
+        self.env.update(
+            {
+                "ANIMUS_DATABASE_URL": str(s.database_url),
+                "ANIMUS_NATS_URL": str(s.nats_url),
+                "ANIMUS_S3_ENDPOINT": str(s.s3_endpoint),
+                "ANIMUS_HOME": str(self.home),
+            }
+        )
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        for name in PROCESS_ORDER:
+            self.children[name] = self._spawn(name)
+        self._write_stack_file()
+
+    def _spawn(self, name: str, restarts: int = 0) -> _Child:
+        log_file = (self.home / "logs" / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "animus", name],
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return _Child(name=name, process=process, log_file=log_file, restarts=restarts)
+
+    def _write_stack_file(self) -> None:
+        s = self.settings
+        info = {
+            "pid": os.getpid(),
+            "database_url": s.database_url,
+            "nats_url": s.nats_url,
+            "s3_endpoint": s.s3_endpoint,
+            "gateway_url": gateway_url(s),
+            "processes": {n: c.process.pid for n, c in self.children.items()},
+        }
+        path = stack_file(s)
+        path.write_text(json.dumps(info, indent=2) + "\n")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Wait until the gateway answers /readyz with 200."""
+        deadline = time.monotonic() + timeout
+        url = gateway_url(self.settings) + "/readyz"
+        while time.monotonic() < deadline:
+            self.watch()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            time.sleep(0.3)
+        raise ConfigurationError(
+            f"the gateway did not become ready within {timeout:.0f}s; "
+            f"see {self.home / 'logs'}"
+        )
+
+    def watch(self) -> None:
+        """Restart a child that exited, up to RESTART_LIMIT times."""
+        for name, child in list(self.children.items()):
+            code = child.process.poll()
+            if code is None:
+                continue
+            child.log_file.close()
+            if child.restarts >= RESTART_LIMIT:
+                raise ConfigurationError(
+                    f"the {name} process keeps failing (exit {code}); "
+                    f"see {self.home / 'logs' / (name + '.log')}"
+                )
+            log.warning("process_restarting", process=name, exit_code=code)
+            out.print(f"{name} exited with {code}; restarting")
+            self.children[name] = self._spawn(name, child.restarts + 1)
+            self._write_stack_file()
+
+    def stop(self) -> None:
+        """Stop processes (gateway first), then the embedded services."""
+        for name in reversed(PROCESS_ORDER):
+            child = self.children.pop(name, None)
+            if child is None:
+                continue
+            _terminate(child.process)
+            child.log_file.close()
+        stack_file(self.settings).unlink(missing_ok=True)
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+async def _prepare_bus_and_bucket(settings: Settings) -> None:
+    from animus.bus import connect_bus
+    from animus.storage import BlobStore
+
+    bus = await connect_bus(str(settings.nats_url), name="animus-up")
+    try:
+        await bus.ensure_streams()
+    finally:
+        await bus.close()
+    async with BlobStore(
+        endpoint=str(settings.s3_endpoint),
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        bucket=settings.s3_bucket,
+        region=settings.s3_region,
+    ) as blobs:
+        await blobs.ensure_bucket()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def run_up(settings: Settings) -> int:
+    """Run the platform until Ctrl-C or SIGTERM."""
+    from animus.telemetry import configure_logging
+
+    configure_logging(level=settings.log_level, fmt="console", process="up")
+    supervisor = Supervisor(settings)
+    supervisor.acquire()
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        supervisor.start_services()
+        supervisor.prepare()
+        supervisor.spawn_all()
+        supervisor.wait_ready()
+        url = gateway_url(supervisor.settings)
+        out.print(
+            f"[bold green]Animus is up[/]: API {url}  docs {url}/schema/swagger  "
+            f"logs {supervisor.home / 'logs'}  (Ctrl-C stops everything)"
+        )
+        while True:
+            time.sleep(0.5)
+            supervisor.watch()
+    except (KeyboardInterrupt, _Stop):
+        out.print("stopping…")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        supervisor.stop()
+        out.print("stopped")

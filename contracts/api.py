@@ -1,0 +1,241 @@
+"""API payloads: what the HTTP gateway answers.
+
+Request bodies are the command models of `contracts.commands` and
+`contracts.runs.RunSpec`; the models here describe responses, so the
+published OpenAPI document describes every field once. Read models carry
+more columns than they show; unknown keys are dropped, never echoed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from contracts._text import Identifier
+from contracts.runs import RunPlan, RunSpec
+
+IDENTIFIER_PATTERN: str = next(
+    meta.pattern
+    for meta in Identifier.__metadata__
+    if isinstance(meta, StringConstraints) and meta.pattern
+)
+"""The pattern every project and dataset id matches (also in URL paths)."""
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ApiModel(BaseModel):
+    """Base of every response body."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class FieldProblem(ApiModel):
+    """One refused field of a request body."""
+
+    field: str = Field(description="Dotted location in the body; empty for the root")
+    message: str
+
+
+class Problem(ApiModel):
+    """An error, as RFC 9457 problem details (`application/problem+json`)."""
+
+    type: str = Field(description="URI naming the kind of problem")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="The request path")
+    request_id: str = Field(description="Echo of the X-Request-ID header")
+    errors: list[FieldProblem] | None = None
+
+
+class Health(ApiModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(ApiModel):
+    """Every dependency answered."""
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, Literal["ok"]]
+
+
+class Project(ApiModel):
+    project_id: Identifier
+    name: str
+    description: str
+    created_at: datetime
+    created_by: str | None = None
+    position: int = Field(description="Log position of the ProjectCreated event")
+
+
+class ProjectList(ApiModel):
+    items: list[Project]
+    limit: int
+    offset: int
+
+
+class Dataset(ApiModel):
+    project_id: Identifier
+    dataset_id: Identifier
+    name: str
+    description: str
+    created_at: datetime
+    created_by: str | None = None
+    latest_version: int = Field(description="Newest committed version; 0 for none")
+
+
+class DatasetList(ApiModel):
+    items: list[Dataset]
+
+
+class DatasetVersion(ApiModel):
+    """A committed version: its object is complete and its sha256 checked."""
+
+    project_id: Identifier
+    dataset_id: Identifier
+    version: int
+    sha256: str = Field(description="Full-content sha256, 64 hex characters")
+    size: int
+    filename: str
+    content_type: str
+    committed_at: datetime
+    committed_by: str | None = None
+
+
+class DatasetVersionList(ApiModel):
+    items: list[DatasetVersion]
+
+
+class Artifact(ApiModel):
+    name: str = Field(description="Path relative to /outputs, or logs/run.log")
+    sha256: str
+    size: int
+    kind: Literal["output", "log"]
+
+
+class RunSummary(ApiModel):
+    run_id: str
+    project_id: Identifier
+    name: str
+    status: str = Field(description="submitted, planned, dispatched, running, ...")
+    attempt: int
+    spec_hash: str
+    plan_hash: str | None = None
+    executor: str | None = None
+    submitted_by: str | None = None
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    failure_reason: str | None = None
+    failure_message: str | None = None
+    cancel_requested: bool = False
+    exit_code: int | None = None
+    last_position: int
+
+
+class RunList(ApiModel):
+    items: list[RunSummary]
+    limit: int
+    offset: int
+
+
+class Run(RunSummary):
+    """A run with its spec, resolved plan, metrics and artifacts."""
+
+    spec: RunSpec
+    plan: RunPlan | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    artifacts: list[Artifact] = Field(default_factory=list)
+
+
+class TimelineEvent(ApiModel):
+    position: int
+    stream_version: int
+    type: str
+    recorded_at: datetime
+    actor: Any = None
+    data: dict[str, Any]
+
+
+class RunTimeline(ApiModel):
+    project_id: Identifier
+    run_id: str
+    events: list[TimelineEvent]
+
+
+class LineageInput(ApiModel):
+    id: str = Field(description="`<dataset_id>@<version>`")
+    dataset_id: Identifier
+    version: int
+    sha256: str
+    size: int
+
+
+class LineageOutput(ApiModel):
+    id: str = Field(description="`<run_id>/<name>`")
+    name: str
+    sha256: str
+    size: int
+    kind: Literal["output", "log"]
+
+
+class LineageEdge(ApiModel):
+    source_kind: str
+    source_id: str
+    target_kind: str
+    target_id: str
+    relation: str
+
+
+class RunLineage(ApiModel):
+    project_id: Identifier
+    run_id: str
+    inputs: list[LineageInput]
+    outputs: list[LineageOutput]
+    edges: list[LineageEdge]
+
+
+class Receipt(ApiModel):
+    """What a command appended; `position` is its last event in the log."""
+
+    position: int
+
+
+class ProjectReceipt(Receipt):
+    project_id: Identifier
+    name: str
+    description: str
+
+
+class DatasetReceipt(Receipt):
+    project_id: Identifier
+    dataset_id: Identifier
+    name: str
+    description: str
+
+
+class DatasetVersionReceipt(Receipt):
+    project_id: Identifier
+    dataset_id: Identifier
+    version: int
+    sha256: str
+    size: int
+    filename: str
+    content_type: str
+
+
+class RunReceipt(Receipt):
+    project_id: Identifier
+    run_id: str
+    status: str
+    spec_hash: str
+    plan_hash: str | None = None
+
+
+class CancelReceipt(Receipt):
+    project_id: Identifier
+    run_id: str
+    status: str | None = None
