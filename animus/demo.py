@@ -117,7 +117,8 @@ class DemoJob:
         for item in sorted(items, key=lambda v: v["version"], reverse=True):
             if item["sha256"] == digest:
                 self.say(
-                    f"dataset {dataset_id} v{item['version']} already holds {source.name}"
+                    f"dataset {dataset_id} v{item['version']} "
+                    f"already holds {source.name}"
                 )
                 return int(item["version"])
         with source.open("rb") as body:
@@ -133,7 +134,8 @@ class DemoJob:
                 },
             )
         self.say(
-            f"uploaded {source.name} as {dataset_id} v{version['version']} sha256 {digest}"
+            f"uploaded {source.name} as {dataset_id} v{version['version']} "
+            f"sha256 {digest}"
         )
         return int(version["version"])
 
@@ -325,7 +327,8 @@ def _start_stack(
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise DemoError(
-                    f"`animus up` exited with {process.returncode}; see {logs / 'up.log'}"
+                    f"`animus up` exited with {process.returncode}; "
+                    f"see {logs / 'up.log'}"
                 )
             if _healthy(url):
                 return process
