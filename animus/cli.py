@@ -22,7 +22,7 @@ from animus.settings import Settings, load_settings
 
 PROCESSES: dict[str, str] = {
     "gateway": "gateway.main:run",
-    "relay": "animus.relay_main:run",
+    "relay": "animus.relay:run",
     "projector": "projections.main:run",
     "coordinator": "commands.main:run",
     "executor": "executors.main:run",
