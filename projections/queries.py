@@ -1,0 +1,306 @@
+"""Reads the gateway serves: projects, datasets, runs, timelines and lineage.
+
+Every function takes the application role's pool and returns plain,
+JSON-ready values (timestamps as ISO 8601 strings, no bytes). Functions that
+fetch one resource raise `NotFoundError` when it does not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from animus.db import translate_db_errors
+from animus.errors import NotFoundError, ValidationError
+from contracts.streams import RUN_STATUSES, run_stream
+
+Row = dict[str, Any]
+
+_RUN_SUMMARY = (
+    "run_id, project_id, name, status, attempt, spec_hash, plan_hash, executor, "
+    "submitted_by, submitted_at, started_at, finished_at, failure_reason, "
+    "failure_message, cancel_requested, exit_code, last_position"
+)
+_RUN_DETAIL = _RUN_SUMMARY + ", spec, plan"
+_ARTIFACT = "name, sha256, size, object_key, kind"
+_DATASET_VERSION = (
+    "project_id, dataset_id, version, sha256, size, object_key, filename, "
+    "content_type, committed_at, committed_by"
+)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+async def _fetch_all(
+    pool: AsyncConnectionPool, query: str, params: Mapping[str, Any]
+) -> list[Row]:
+    with translate_db_errors():
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+    return [_jsonable(row) for row in rows]
+
+
+async def _fetch_one(
+    pool: AsyncConnectionPool, query: str, params: Mapping[str, Any], missing: str
+) -> Row:
+    rows = await _fetch_all(pool, query, params)
+    if not rows:
+        raise NotFoundError(missing)
+    return rows[0]
+
+
+async def list_projects(
+    pool: AsyncConnectionPool, *, limit: int = 50, offset: int = 0
+) -> list[Row]:
+    """Projects in the order they were created."""
+    return await _fetch_all(
+        pool,
+        "SELECT project_id, name, description, created_at, created_by, position "
+        "FROM rm.projects ORDER BY position LIMIT %(limit)s OFFSET %(offset)s",
+        {"limit": limit, "offset": offset},
+    )
+
+
+async def get_project(pool: AsyncConnectionPool, project_id: str) -> Row:
+    """One project.
+
+    Raises:
+        NotFoundError: no project has this id.
+    """
+    return await _fetch_one(
+        pool,
+        "SELECT project_id, name, description, created_at, created_by, position "
+        "FROM rm.projects WHERE project_id = %(project_id)s",
+        {"project_id": project_id},
+        f"project {project_id!r} does not exist",
+    )
+
+
+async def list_datasets(pool: AsyncConnectionPool, project_id: str) -> list[Row]:
+    """The datasets of a project, by id."""
+    return await _fetch_all(
+        pool,
+        "SELECT project_id, dataset_id, name, description, created_at, created_by, "
+        "latest_version FROM rm.datasets WHERE project_id = %(project_id)s "
+        "ORDER BY dataset_id",
+        {"project_id": project_id},
+    )
+
+
+async def get_dataset(
+    pool: AsyncConnectionPool, project_id: str, dataset_id: str
+) -> Row:
+    """One dataset with its latest committed version number (0 for none yet).
+
+    Raises:
+        NotFoundError: the project has no dataset with this id.
+    """
+    return await _fetch_one(
+        pool,
+        "SELECT project_id, dataset_id, name, description, created_at, created_by, "
+        "latest_version FROM rm.datasets "
+        "WHERE project_id = %(project_id)s AND dataset_id = %(dataset_id)s",
+        {"project_id": project_id, "dataset_id": dataset_id},
+        f"dataset {dataset_id!r} does not exist in project {project_id!r}",
+    )
+
+
+async def list_dataset_versions(
+    pool: AsyncConnectionPool, project_id: str, dataset_id: str
+) -> list[Row]:
+    """The committed versions of a dataset, oldest first."""
+    return await _fetch_all(
+        pool,
+        f"SELECT {_DATASET_VERSION} FROM rm.dataset_versions "
+        "WHERE project_id = %(project_id)s AND dataset_id = %(dataset_id)s "
+        "ORDER BY version",
+        {"project_id": project_id, "dataset_id": dataset_id},
+    )
+
+
+async def get_dataset_version(
+    pool: AsyncConnectionPool, project_id: str, dataset_id: str, version: int
+) -> Row:
+    """One committed dataset version with its sha256 and object key.
+
+    Raises:
+        NotFoundError: the dataset has no such committed version.
+    """
+    return await _fetch_one(
+        pool,
+        f"SELECT {_DATASET_VERSION} FROM rm.dataset_versions "
+        "WHERE project_id = %(project_id)s AND dataset_id = %(dataset_id)s "
+        "AND version = %(version)s",
+        {"project_id": project_id, "dataset_id": dataset_id, "version": version},
+        f"dataset {dataset_id!r} of project {project_id!r} has no version {version}",
+    )
+
+
+async def list_runs(
+    pool: AsyncConnectionPool,
+    project_id: str,
+    *,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[Row]:
+    """Runs of a project, newest first, optionally of one status.
+
+    Raises:
+        ValidationError: `status` is not a run status.
+    """
+    if status is not None and status not in RUN_STATUSES:
+        raise ValidationError(f"unknown run status {status!r}")
+    return await _fetch_all(
+        pool,
+        f"SELECT {_RUN_SUMMARY} FROM rm.runs WHERE project_id = %(project_id)s "
+        "AND (%(status)s::text IS NULL OR status = %(status)s) "
+        "ORDER BY submitted_at DESC, run_id LIMIT %(limit)s OFFSET %(offset)s",
+        {"project_id": project_id, "status": status, "limit": limit, "offset": offset},
+    )
+
+
+async def get_run(pool: AsyncConnectionPool, project_id: str, run_id: str) -> Row:
+    """One run with its spec, plan, metrics (name -> value) and artifacts.
+
+    Raises:
+        NotFoundError: the project has no run with this id.
+    """
+    run = await _run_row(pool, project_id, run_id, _RUN_DETAIL)
+    metrics = await _fetch_all(
+        pool,
+        "SELECT name, value FROM rm.run_metrics WHERE run_id = %(run_id)s "
+        "ORDER BY name",
+        {"run_id": run_id},
+    )
+    run["metrics"] = {row["name"]: row["value"] for row in metrics}
+    run["artifacts"] = await _artifacts(pool, run_id)
+    return run
+
+
+async def _run_row(
+    pool: AsyncConnectionPool, project_id: str, run_id: str, columns: str
+) -> Row:
+    return await _fetch_one(
+        pool,
+        f"SELECT {columns} FROM rm.runs "
+        "WHERE project_id = %(project_id)s AND run_id = %(run_id)s",
+        {"project_id": project_id, "run_id": run_id},
+        f"run {run_id!r} does not exist in project {project_id!r}",
+    )
+
+
+async def _artifacts(pool: AsyncConnectionPool, run_id: str) -> list[Row]:
+    return await _fetch_all(
+        pool,
+        f"SELECT {_ARTIFACT} FROM rm.run_artifacts WHERE run_id = %(run_id)s "
+        "ORDER BY name",
+        {"run_id": run_id},
+    )
+
+
+async def run_timeline(
+    pool: AsyncConnectionPool, project_id: str, run_id: str
+) -> list[Row]:
+    """Every event of a run's stream, in stream order, straight from the log.
+
+    Raises:
+        NotFoundError: the project has no run with this id.
+    """
+    events = await _fetch_all(
+        pool,
+        "SELECT position, stream_version, type, recorded_at, data, "
+        "metadata -> 'actor' AS actor FROM events "
+        "WHERE stream_id = %(stream_id)s AND project_id = %(project_id)s "
+        "ORDER BY stream_version",
+        {"stream_id": run_stream(run_id), "project_id": project_id},
+    )
+    if not events:
+        raise NotFoundError(f"run {run_id!r} does not exist in project {project_id!r}")
+    return events
+
+
+async def run_lineage(pool: AsyncConnectionPool, project_id: str, run_id: str) -> Row:
+    """What a run consumed and produced, with digests, and the edges between.
+
+    Raises:
+        NotFoundError: the project has no run with this id.
+    """
+    await _run_row(pool, project_id, run_id, "run_id")
+    params = {"project_id": project_id, "run_id": run_id}
+    inputs = await _fetch_all(
+        pool,
+        "SELECT e.source_id AS id, v.dataset_id, v.version, v.sha256, v.size, "
+        "v.object_key FROM rm.lineage_edges AS e "
+        "JOIN rm.dataset_versions AS v ON v.project_id = e.project_id "
+        "AND v.dataset_id = split_part(e.source_id, '@', 1) "
+        "AND v.version = split_part(e.source_id, '@', 2)::integer "
+        "WHERE e.project_id = %(project_id)s AND e.target_kind = 'run' "
+        "AND e.target_id = %(run_id)s AND e.relation = 'input_of' "
+        "ORDER BY e.source_id",
+        params,
+    )
+    outputs = await _fetch_all(
+        pool,
+        "SELECT e.target_id AS id, a.name, a.sha256, a.size, a.object_key, a.kind "
+        "FROM rm.lineage_edges AS e JOIN rm.run_artifacts AS a "
+        "ON a.run_id = e.source_id AND e.target_id = a.run_id || '/' || a.name "
+        "WHERE e.project_id = %(project_id)s AND e.source_kind = 'run' "
+        "AND e.source_id = %(run_id)s AND e.relation = 'produced' "
+        "ORDER BY a.name",
+        params,
+    )
+    edges = await _fetch_all(
+        pool,
+        "SELECT source_kind, source_id, target_kind, target_id, relation "
+        "FROM rm.lineage_edges WHERE project_id = %(project_id)s "
+        "AND ((target_kind = 'run' AND target_id = %(run_id)s) "
+        "OR (source_kind = 'run' AND source_id = %(run_id)s)) "
+        "ORDER BY relation, source_id, target_id",
+        params,
+    )
+    return {
+        "project_id": project_id,
+        "run_id": run_id,
+        "inputs": inputs,
+        "outputs": outputs,
+        "edges": edges,
+    }
+
+
+async def get_artifact(
+    pool: AsyncConnectionPool, project_id: str, run_id: str, name: str
+) -> Row:
+    """One artifact of a run, with its sha256 and object key.
+
+    Raises:
+        NotFoundError: the run does not exist or has no artifact of this name.
+    """
+    return await _fetch_one(
+        pool,
+        "SELECT a.run_id, a.name, a.sha256, a.size, a.object_key, a.kind "
+        "FROM rm.run_artifacts AS a JOIN rm.runs AS r USING (run_id) "
+        "WHERE r.project_id = %(project_id)s AND a.run_id = %(run_id)s "
+        "AND a.name = %(name)s",
+        {"project_id": project_id, "run_id": run_id, "name": name},
+        f"run {run_id!r} of project {project_id!r} has no artifact {name!r}",
+    )
