@@ -263,3 +263,44 @@ async def _compare_table(
         only_live=int(row[2]),
         only_replayed=int(row[3]),
     )
+
+
+async def replay_command(settings: Any) -> dict[str, Any]:
+    """`animus replay`: replay with a progress bar; a JSON-ready report.
+
+    Raises:
+        ConfigurationError: no database is configured.
+        StoreError: the database failed.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from animus.errors import ConfigurationError
+
+    if not settings.database_url:
+        raise ConfigurationError("ANIMUS_DATABASE_URL: replay needs the database")
+    with Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("replay", total=None)
+
+        def advance(position: int, target: int) -> None:
+            bar.update(task, completed=position, total=target)
+
+        report = await replay(settings.database_url, progress=advance)
+    return {
+        "equal": report.equal,
+        "position": report.position,
+        "events": report.events,
+        "skipped": len(report.skipped),
+        "tables": {
+            t.table: {
+                "live": t.rows_live,
+                "replayed": t.rows_replayed,
+                "equal": t.equal,
+            }
+            for t in report.tables
+        },
+    }

@@ -24,7 +24,8 @@ VERIFY_EVENTS = int(os.environ.get("ANIMUS_BENCH_VERIFY_EVENTS", "1000000"))
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    python = platform.python_version()
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {python}"
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,14 @@ def _event(i: int) -> NewEvent:
     )
 
 
-async def _writers(store: EventStore, *, writers: int, per_writer: int, batch: int) -> float:
+async def _writers(
+    store: EventStore, *, writers: int, per_writer: int, batch: int
+) -> float:
     async def writer() -> None:
         for _ in range(per_writer):
-            await store.append([_event(i) for i in range(batch)], metadata={"actor": "bench"})
+            await store.append(
+                [_event(i) for i in range(batch)], metadata={"actor": "bench"}
+            )
 
     started = time.perf_counter()
     await asyncio.gather(*(writer() for _ in range(writers)))
@@ -67,7 +72,9 @@ async def test_append_throughput(bench_dsn: str) -> None:
             ("32 concurrent, 1 event/command", 32, 500, 1),
             ("8 concurrent, batches of 100", 8, 40, 100),
         ):
-            rate = await _writers(store, writers=writers, per_writer=per_writer, batch=batch)
+            rate = await _writers(
+                store, writers=writers, per_writer=per_writer, batch=batch
+            )
             rows.append((label, rate))
     await pool.close()
     print(f"\nappend throughput with the chain ({machine()}):")

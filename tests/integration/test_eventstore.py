@@ -111,7 +111,9 @@ class TestAppend:
         )
         winners = [o for o in outcomes if not isinstance(o, BaseException)]
         assert len(winners) == 1
-        assert all(isinstance(o, StreamVersionConflict) for o in outcomes if o not in winners)
+        assert all(
+            isinstance(o, StreamVersionConflict) for o in outcomes if o not in winners
+        )
         assert [e.stream_version for e in await store.read_stream(stream)] == [1]
 
     async def test_a_multi_event_append_commits_all_or_nothing(
@@ -216,7 +218,9 @@ class TestVerify:
         result = verify_chain(tampered_db)
         assert result.verified and result.events == 30
 
-    def test_editing_one_events_data_names_that_position(self, tampered_db: str) -> None:
+    def test_editing_one_events_data_names_that_position(
+        self, tampered_db: str
+    ) -> None:
         # `data` is generated from the hashed text: a forger must drop that first.
         tamper(
             tampered_db,
@@ -253,9 +257,7 @@ class TestVerify:
         assert result.first_break is not None
         assert result.first_break.position in (9, 10)
 
-    def test_animus_verify_prints_the_broken_position(
-        self, tampered_db: str
-    ) -> None:
+    def test_animus_verify_prints_the_broken_position(self, tampered_db: str) -> None:
         tamper(
             tampered_db,
             "ALTER TABLE events ALTER COLUMN data DROP EXPRESSION",
