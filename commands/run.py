@@ -1,0 +1,329 @@
+"""The run aggregate: the run state machine and how executor reports move it.
+
+States: submitted -> planned -> dispatched -> running -> succeeded | failed |
+canceled, plus a `cancel_requested` flag. Submission appends RunSubmitted,
+RunPlanned and RunDispatched in one transaction, so a run that exists is
+always at least dispatched.
+
+Precedence, applied by `decide_report` in this order:
+
+1. FIRST TERMINAL WINS. Once RunSucceeded, RunFailed or RunCanceled is in the
+   stream nothing more is appended for the run; a late report is ignored
+   (`run_finished`), whatever its kind or seq.
+2. A report whose report_id was already applied is a duplicate and ignored
+   (`duplicate_report`); applied ids are part of the folded state, so a
+   redelivered report never yields a second event.
+3. A report for an attempt other than the current one is ignored
+   (`attempt_mismatch`).
+4. Reports may arrive out of order. An artifact or metrics report before
+   "started" implies the start: RunStarted is appended first, in the same
+   append. A "started" after that is ignored (`already_started`). A terminal
+   report from a dispatched run is applied directly, without RunStarted.
+5. Cancel is a request, not a terminal state: RunCancelRequested sets the
+   flag once; the executor confirms with a "canceled" report (RunCanceled).
+   If "succeeded" or "failed" arrives first it wins by rule 1, and the flag
+   stays recorded. Cancelling a finished run is a conflict.
+
+Illegal transitions never raise: `decide_report` returns `Ignored(reason)`.
+The order of reports on the bus never decides the outcome; the folded stream
+does, so a replay gives the same state.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from animus.errors import ConflictError, NotFoundError
+from animus.eventstore import RecordedEvent
+from contracts.bus import RunReport
+from contracts.commands import CancelRun
+from contracts.events import (
+    ArtifactRecorded,
+    DomainEvent,
+    MetricsRecorded,
+    RunCanceled,
+    RunCancelRequested,
+    RunDispatched,
+    RunFailed,
+    RunPlanned,
+    RunStarted,
+    RunSubmitted,
+    RunSucceeded,
+    decode_event,
+)
+from contracts.runs import FailureReason
+
+STREAM_TYPE = "run"
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""The contracts' StorableText rule: jsonb refuses NUL and lone surrogates."""
+
+_MESSAGE_LIMIT = 10_000
+_REASON_LIMIT = 200
+_SENT_AT_LIMIT = 64
+
+
+class RunStatus(StrEnum):
+    """The statuses of `contracts.streams.RUN_STATUSES`, in order."""
+
+    SUBMITTED = "submitted"
+    PLANNED = "planned"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED})
+
+
+class IgnoreReason(StrEnum):
+    """Why a report changed nothing; logged as `report_ignored`."""
+
+    UNKNOWN_RUN = "unknown_run"
+    PROJECT_MISMATCH = "project_mismatch"
+    DUPLICATE_REPORT = "duplicate_report"
+    RUN_FINISHED = "run_finished"
+    ATTEMPT_MISMATCH = "attempt_mismatch"
+    NOT_DISPATCHED = "not_dispatched"
+    ALREADY_STARTED = "already_started"
+    MISSING_PAYLOAD = "missing_payload"
+    UNSTORABLE_REPORT = "unstorable_report"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Applied:
+    """The report was turned into events; `position` is the last one's."""
+
+    event_types: tuple[str, ...]
+    position: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ignored:
+    """The report changed nothing, for `reason`."""
+
+    reason: IgnoreReason
+
+
+Outcome = Applied | Ignored
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunState:
+    """What the write side knows about one run, folded from its stream."""
+
+    run_id: str
+    version: int = 0
+    project_id: str | None = None
+    status: RunStatus | None = None
+    attempt: int = 0
+    executor: str | None = None
+    spec_hash: str | None = None
+    plan_hash: str | None = None
+    cancel_requested: bool = False
+    cancel_position: int | None = None
+    applied_reports: frozenset[str] = frozenset()
+
+    @property
+    def exists(self) -> bool:
+        return self.status is not None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def fold_run(run_id: str, events: Sequence[RecordedEvent]) -> RunState:
+    """Fold the run stream into its state."""
+    state = RunState(run_id=run_id)
+    for recorded in events:
+        state = _evolve(state, recorded)
+    return state
+
+
+def _evolve(state: RunState, recorded: RecordedEvent) -> RunState:
+    event = decode_event(recorded.type, recorded.data)
+    state = replace(state, version=recorded.stream_version)
+    if isinstance(event, RunCancelRequested):
+        return replace(
+            state, cancel_requested=True, cancel_position=recorded.position
+        )
+    state = _remember_report(state, event)
+    if state.finished:
+        # Defensive: the decisions never append after a terminal event.
+        return state
+    return _advance(state, event)
+
+
+def _remember_report(state: RunState, event: DomainEvent) -> RunState:
+    report_id = getattr(event, "report_id", None)
+    if report_id is None:
+        return state
+    return replace(state, applied_reports=state.applied_reports | {report_id})
+
+
+def _advance(state: RunState, event: DomainEvent) -> RunState:
+    match event:
+        case RunSubmitted():
+            return replace(
+                state,
+                project_id=event.project_id,
+                status=RunStatus.SUBMITTED,
+                spec_hash=event.spec_hash,
+            )
+        case RunPlanned():
+            return replace(state, status=RunStatus.PLANNED, plan_hash=event.plan_hash)
+        case RunDispatched():
+            return replace(
+                state,
+                status=RunStatus.DISPATCHED,
+                attempt=event.attempt,
+                executor=event.executor,
+            )
+        case RunStarted() | ArtifactRecorded() | MetricsRecorded():
+            return replace(state, status=RunStatus.RUNNING)
+        case RunSucceeded():
+            return replace(state, status=RunStatus.SUCCEEDED)
+        case RunFailed():
+            return replace(state, status=RunStatus.FAILED)
+        case RunCanceled():
+            return replace(state, status=RunStatus.CANCELED)
+    return state
+
+
+def decide_cancel(state: RunState, cmd: CancelRun) -> list[DomainEvent]:
+    """Record a cancel request once; a repeated request appends nothing.
+
+    Raises:
+        NotFoundError: the run does not exist.
+        ConflictError: the run already finished.
+    """
+    if not state.exists or state.project_id is None:
+        raise NotFoundError(f"run {state.run_id} does not exist")
+    if state.finished:
+        raise ConflictError("run already finished")
+    if state.cancel_requested:
+        return []
+    return [
+        RunCancelRequested(
+            project_id=state.project_id,
+            run_id=state.run_id,
+            attempt=max(state.attempt, 1),
+            reason=cmd.reason,
+        )
+    ]
+
+
+def decide_report(state: RunState, report: RunReport) -> list[DomainEvent] | Ignored:
+    """Turn one executor report into events, or say why it changes nothing."""
+    reason = _check_report(state, report)
+    if reason is not None:
+        return Ignored(reason=reason)
+    return _events_for(state, report)
+
+
+def _check_report(state: RunState, report: RunReport) -> IgnoreReason | None:
+    if not state.exists:
+        return IgnoreReason.UNKNOWN_RUN
+    if report.project_id != state.project_id:
+        return IgnoreReason.PROJECT_MISMATCH
+    if report.report_id in state.applied_reports:
+        return IgnoreReason.DUPLICATE_REPORT
+    if state.finished:
+        return IgnoreReason.RUN_FINISHED
+    if report.attempt != state.attempt:
+        return IgnoreReason.ATTEMPT_MISMATCH
+    return _check_transition(state, report)
+
+
+def _check_transition(state: RunState, report: RunReport) -> IgnoreReason | None:
+    if state.status not in (RunStatus.DISPATCHED, RunStatus.RUNNING):
+        return IgnoreReason.NOT_DISPATCHED
+    if report.kind == "started" and state.status is RunStatus.RUNNING:
+        return IgnoreReason.ALREADY_STARTED
+    if report.kind == "artifact" and report.artifact is None:
+        return IgnoreReason.MISSING_PAYLOAD
+    if report.kind == "metrics" and report.metrics is None:
+        return IgnoreReason.MISSING_PAYLOAD
+    return None
+
+
+def screen_report(report: RunReport) -> Ignored | None:
+    """Refuse a report whose ids or payload the event store cannot keep.
+
+    Free text (message, sent_at) is made storable instead, so a terminal
+    report with a NUL in its log tail still finishes the run.
+    """
+    texts = [report.report_id, report.project_id, report.run_id]
+    if report.artifact is not None:
+        texts += [report.artifact.name, report.artifact.object_key]
+    metrics = report.metrics or {}
+    texts += list(metrics)
+    if any(_UNSTORABLE.search(text) for text in texts):
+        return Ignored(reason=IgnoreReason.UNSTORABLE_REPORT)
+    if not all(math.isfinite(value) for value in metrics.values()):
+        return Ignored(reason=IgnoreReason.UNSTORABLE_REPORT)
+    return None
+
+
+def storable_text(value: str, limit: int) -> str:
+    """Replace NUL and lone surrogates with U+FFFD and cut to `limit`."""
+    return _UNSTORABLE.sub("\ufffd", value)[:limit]
+
+
+def _events_for(state: RunState, report: RunReport) -> list[DomainEvent]:
+    common: dict[str, object] = {
+        "project_id": report.project_id,
+        "run_id": report.run_id,
+        "attempt": report.attempt,
+        "report_id": report.report_id,
+    }
+    if report.kind == "started":
+        sent_at = storable_text(report.sent_at, _SENT_AT_LIMIT)
+        return [RunStarted.model_validate({**common, "executor_time": sent_at})]
+    if report.kind == "artifact":
+        artifact = {**common, "artifact": report.artifact}
+        recorded = ArtifactRecorded.model_validate(artifact)
+        return [*_implied_start(state, common), recorded]
+    if report.kind == "metrics":
+        metrics = {**common, "metrics": report.metrics}
+        return [*_implied_start(state, common), MetricsRecorded.model_validate(metrics)]
+    return [_terminal_event(report, common)]
+
+
+def _implied_start(state: RunState, common: dict[str, object]) -> list[DomainEvent]:
+    """An artifact or metrics report before "started" implies the start."""
+    if state.status is RunStatus.RUNNING:
+        return []
+    return [RunStarted.model_validate(common)]
+
+
+def _terminal_event(report: RunReport, common: dict[str, object]) -> DomainEvent:
+    if report.kind == "succeeded":
+        exit_code = report.exit_code or 0
+        return RunSucceeded.model_validate({**common, "exit_code": exit_code})
+    if report.kind == "canceled":
+        reason = storable_text(report.message, _REASON_LIMIT) or "canceled"
+        return RunCanceled.model_validate({**common, "reason": reason})
+    return RunFailed.model_validate(
+        {
+            **common,
+            "reason": _failure_reason(report),
+            "message": storable_text(report.message, _MESSAGE_LIMIT),
+            "exit_code": report.exit_code,
+        }
+    )
+
+
+def _failure_reason(report: RunReport) -> FailureReason:
+    if report.reason is not None:
+        return report.reason
+    if report.exit_code not in (None, 0):
+        return "nonzero_exit"
+    return "internal_error"
