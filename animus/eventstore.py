@@ -29,6 +29,7 @@ from contracts.events import DomainEvent
 log = structlog.get_logger(__name__)
 
 CHAIN_LOCK_KEY = 0x616E696D7573  # "animus"
+EVENTS_CHANNEL = "animus_events"  # NOTIFY channel: payload is the new head position
 ANY_VERSION = -1
 
 _COLUMNS = (
@@ -221,6 +222,10 @@ class EventStore:
                     results.append(recorded)
                 if rows:
                     await _copy_rows(conn, rows)
+                    # delivered at commit; wakes projectors without polling
+                    await conn.execute(
+                        "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(position))
+                    )
         return results
 
     async def read_all(

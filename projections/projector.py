@@ -25,7 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from animus.db import translate_db_errors
 from animus.errors import AnimusError
-from animus.eventstore import EventStore, RecordedEvent
+from animus.eventstore import EVENTS_CHANNEL, EventStore, RecordedEvent
 from contracts.events import (
     EVENT_TYPES,
     ArtifactRecorded,
@@ -49,6 +49,7 @@ from contracts.streams import TERMINAL_STATUSES
 log = structlog.get_logger(__name__)
 
 DEFAULT_SCHEMA = "rm"
+PROJECTED_CHANNEL = "animus_projected"  # NOTIFY payload: "<checkpoint>:<position>"
 DEFAULT_CHECKPOINT = "rm"
 READ_MODEL_TABLES = (
     "projects",
@@ -461,20 +462,75 @@ async def wait_for_position(
 ) -> bool:
     """Wait until the projector has folded `position` (read-your-writes).
 
+    Woken by the projector's NOTIFY on each checkpoint; the checkpoint row is
+    read again at a slow pace in case a notification was missed.
+
     Returns:
         True once the checkpoint reached `position`, False after `timeout`
         seconds without it.
     """
+    watcher = _watcher(pool, name)
+    if watcher.position >= position:
+        return True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    delay = 0.005
-    while await read_checkpoint(pool, name) < position:
+    while True:
+        watcher.note(await read_checkpoint(pool, name))
+        if watcher.position >= position:
+            return True
         remaining = deadline - loop.time()
         if remaining <= 0:
             return False
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.05)
-    return True
+        await watcher.changed(min(remaining, 0.25))
+
+
+class _CheckpointWatcher:
+    """The highest checkpoint seen for one (database, checkpoint name), fed
+    by LISTEN on a connection of its own; shared by every waiting request."""
+
+    def __init__(self, conninfo: str, name: str) -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self.position = 0
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._listen(), name=f"watch-{name}")
+
+    def note(self, position: int) -> None:
+        if position > self.position:
+            self.position = position
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def changed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    async def _listen(self) -> None:
+        prefix = f"{self._name}:"
+        while True:
+            try:
+                async with await AsyncConnection.connect(
+                    self._conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {PROJECTED_CHANNEL}")
+                    async for note in conn.notifies():
+                        if note.payload.startswith(prefix):
+                            self.note(int(note.payload[len(prefix) :]))
+            except Exception as exc:  # noqa: BLE001 - polling still answers
+                log.debug("checkpoint_watch_lost", error=repr(exc))
+            await asyncio.sleep(1.0)
+
+
+_WATCHERS: dict[tuple[int, str, str], _CheckpointWatcher] = {}
+
+
+def _watcher(pool: AsyncConnectionPool, name: str) -> _CheckpointWatcher:
+    """The watcher of this event loop for `pool`'s database and `name`."""
+    key = (id(asyncio.get_running_loop()), pool.conninfo, name)
+    watcher = _WATCHERS.get(key)
+    if watcher is None or watcher._task.done():
+        watcher = _WATCHERS[key] = _CheckpointWatcher(pool.conninfo, name)
+    return watcher
 
 
 async def _ensure_checkpoint(conn: AsyncConnection[Any], name: str) -> None:
@@ -506,6 +562,9 @@ async def _save_checkpoint(
     await conn.execute(
         "UPDATE projector_checkpoints SET position = %s WHERE name = %s",
         (position, name),
+    )
+    await conn.execute(
+        "SELECT pg_notify(%s, %s)", (PROJECTED_CHANNEL, f"{name}:{position}")
     )
 
 
@@ -544,7 +603,9 @@ class ProjectorService:
         self._position = 0
         self._state = ProjectorState.IDLE
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._last_error: Exception | None = None
 
     @property
@@ -578,6 +639,9 @@ class ProjectorService:
         self._position = await read_checkpoint(self._pool, self._name)
         self._stopping.clear()
         self._task = asyncio.create_task(self._run(), name=f"projector-{self._name}")
+        self._listener = asyncio.create_task(
+            self._listen(), name=f"projector-listen-{self._name}"
+        )
         self._state = ProjectorState.RUNNING
         log.info("projector_started", checkpoint=self._name, position=self._position)
 
@@ -594,6 +658,11 @@ class ProjectorService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         self._state = ProjectorState.IDLE
         log.info("projector_stopped", checkpoint=self._name, position=self._position)
 
@@ -656,6 +725,30 @@ class ProjectorService:
         )
         await self._sleep(delay)
 
+    async def _listen(self) -> None:
+        """Wake the loop on every committed append (NOTIFY from the store)."""
+        while not self._stopping.is_set():
+            try:
+                async with await AsyncConnection.connect(
+                    self._pool.conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except Exception as exc:  # noqa: BLE001 - polling still folds
+                log.debug("projector_listen_lost", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        """Sleep up to `seconds`, ending early on stop or a new append."""
+        wake = asyncio.ensure_future(self._wake.wait())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {wake, stop}, timeout=seconds, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            wake.cancel()
+            stop.cancel()
+        self._wake.clear()
