@@ -7,6 +7,7 @@ this one boundary.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -202,3 +203,24 @@ async def bus_session(url: str, *, name: str) -> AsyncIterator[Bus]:
 
 def header(msg: Msg, key: str) -> Any:
     return (msg.headers or {}).get(key)
+
+
+async def settle(action: Callable[..., Awaitable[None]], **kwargs: Any) -> bool:
+    """Ack, nak, term or in_progress a message; False when the bus refused.
+
+    A refused settle only means JetStream delivers the message again.
+    """
+    try:
+        await action(**kwargs)
+    except nats.errors.Error as exc:
+        log.warning("bus_settle_failed", error=str(exc))
+        return False
+    return True
+
+
+async def drop_subscription(sub: JetStreamContext.PullSubscription | None) -> None:
+    """Forget a subscription; its durable consumer stays on the server."""
+    if sub is None:
+        return
+    with contextlib.suppress(nats.errors.Error):
+        await sub.unsubscribe()

@@ -18,13 +18,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import nats.errors
 import pydantic
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from animus.bus import ACK_WAIT_SECONDS, Bus, fetch_batch
+from animus.bus import (
+    ACK_WAIT_SECONDS,
+    Bus,
+    drop_subscription,
+    fetch_batch,
+    settle,
+)
 from animus.errors import AnimusError, StreamVersionConflict
 from animus.eventstore import EventStore, NewEvent
 from commands.run import (
@@ -338,15 +343,8 @@ def _redelivery_delay(msg: Msg) -> float:
 
 async def _settle(action: Any, **kwargs: Any) -> None:
     """Ack, nak or term; a failure only means the message comes back."""
-    try:
-        await action(**kwargs)
-    except nats.errors.Error as exc:
-        log.warning("report_settle_failed", error=str(exc))
+    await settle(action, **kwargs)
 
 
 async def _drop(sub: JetStreamContext.PullSubscription | None) -> None:
-    """Forget a subscription; the durable consumer stays on the server."""
-    if sub is None:
-        return
-    with contextlib.suppress(nats.errors.Error):
-        await sub.unsubscribe()
+    await drop_subscription(sub)
