@@ -19,7 +19,7 @@ class TestExports:
         names = {
             name
             for module in (queries, replay)
-            for name in getattr(module, "__dict__")
+            for name in module.__dict__
             if not name.startswith("_")
             and callable(getattr(module, name))
             and getattr(getattr(module, name), "__module__", None) == module.__name__
