@@ -28,5 +28,11 @@ Identifier = Annotated[
 ]
 """A resource id: lowercase letters, digits and dashes, at most 63 characters."""
 
+ParameterName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"),
+]
+"""A run parameter's name: a letter or underscore, then letters, digits, `_.-`."""
+
 ShortText = Annotated[StorableText, StringConstraints(max_length=200)]
 LongText = Annotated[StorableText, StringConstraints(max_length=10_000)]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contracts._text import Identifier, ShortText, StorableText
+from contracts._text import Identifier, ParameterName, ShortText, StorableText
 
 ParameterValue = StorableText | int | float | bool
 
@@ -61,7 +61,7 @@ class RunSpec(BaseModel):
         default=None, description="Container image (Kubernetes executor)"
     )
     inputs: dict[Identifier, DatasetRef] = Field(default_factory=dict)
-    parameters: dict[Identifier, ParameterValue] = Field(default_factory=dict)
+    parameters: dict[ParameterName, ParameterValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     timeout_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     secret_refs: list[Identifier] = Field(default_factory=list, max_length=32)

@@ -1,0 +1,136 @@
+"""Authentication and the permission every route declares.
+
+Each route handler names its permission in `opt={"permission": ...}`; the
+`PermissionGuard` on the app refuses any route that names none (deny by
+default), lets `PUBLIC` routes through, and otherwise authenticates the
+bearer token. In `dev` auth mode the token is looked up in
+`settings.dev_tokens`; role checks per project come with RBAC, the
+declarations they will read exist already. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from animus.errors import ConfigurationError
+from gateway.errors import PermissionDenied, Unauthenticated
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.connection import ASGIConnection
+    from litestar.handlers.base import BaseRouteHandler
+
+log = structlog.get_logger(__name__)
+
+PERMISSION_OPT = "permission"
+
+
+class Permission(StrEnum):
+    """What a route needs; project-scoped roles will grant these."""
+
+    PUBLIC = "public"
+    PROJECT_READ = "project:read"
+    PROJECT_WRITE = "project:write"
+    DATASET_READ = "dataset:read"
+    DATASET_WRITE = "dataset:write"
+    RUN_READ = "run:read"
+    RUN_WRITE = "run:write"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Principal:
+    """Who is calling: a person or a service account."""
+
+    name: str
+    kind: str = "user"
+
+    @property
+    def key(self) -> str:
+        """The principal's identity in key spaces (idempotency keys)."""
+        return f"{self.kind}:{self.name}"
+
+
+class DevTokenAuthenticator:
+    """`dev` auth mode: a fixed table of bearer token -> user name."""
+
+    def __init__(self, tokens: Mapping[str, str]) -> None:
+        self._tokens = [(token.encode(), user) for token, user in tokens.items()]
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Resolve an `Authorization` header value to a principal.
+
+        Raises:
+            Unauthenticated: the header is missing, malformed, or unknown.
+        """
+        if not authorization:
+            raise Unauthenticated("a bearer token is required")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("use the Bearer scheme", invalid_token=True)
+        offered = token.strip().encode()
+        user = None
+        for known, name in self._tokens:
+            if hmac.compare_digest(known, offered):
+                user = name
+        if user is None:
+            raise Unauthenticated("the bearer token is not valid", invalid_token=True)
+        return Principal(name=user)
+
+
+def declared_permission(handler: BaseRouteHandler) -> Permission | None:
+    """The permission a route handler declares, or None if none or unknown."""
+    try:
+        return Permission(handler.opt[PERMISSION_OPT])
+    except (KeyError, ValueError):
+        return None
+
+
+def is_generated_options(handler: BaseRouteHandler) -> bool:
+    """Litestar's automatic OPTIONS answer: it lists methods and runs no code."""
+    methods = getattr(handler, "http_methods", set())
+    return methods == {"OPTIONS"} and PERMISSION_OPT not in handler.opt
+
+
+class PermissionGuard:
+    """Deny by default: every route must declare a known permission."""
+
+    def __init__(self, authenticator: DevTokenAuthenticator) -> None:
+        self._authenticator = authenticator
+
+    def __call__(
+        self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    ) -> None:
+        if is_generated_options(handler):
+            return
+        permission = declared_permission(handler)
+        if permission is None:
+            log.warning("route_without_permission", path=connection.url.path)
+            raise PermissionDenied("this route declares no permission")
+        if permission is Permission.PUBLIC:
+            return
+        principal = self._authenticator.authenticate(
+            connection.headers.get("authorization")
+        )
+        connection.scope["user"] = principal
+
+
+def check_declarations(app: Litestar) -> None:
+    """Refuse to start when a route declares no permission or an unknown one.
+
+    Raises:
+        ConfigurationError: naming the first such route.
+    """
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if is_generated_options(handler):
+                continue
+            if declared_permission(handler) is None:
+                raise ConfigurationError(
+                    f"route {route.path} declares no known permission"
+                )

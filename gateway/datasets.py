@@ -1,0 +1,375 @@
+"""Dataset routes: register, read, upload versions and download their content.
+
+An upload streams the raw request body into the blob store in parts while
+its sha256 is computed; the version is committed only after the object is
+complete and verified. The dataset is checked writable before S3 is
+touched, and any failure on the way aborts the multipart upload, so an
+interrupted or refused upload leaves neither a version nor stray parts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import quote, unquote
+
+from litestar import Request, get, post
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+from litestar.params import Parameter
+from litestar.response import Response, Stream
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from animus.errors import ValidationError
+from animus.settings import Settings
+from animus.storage import TooLarge
+from contracts._text import ShortText
+from contracts.api import (
+    Dataset,
+    DatasetList,
+    DatasetReceipt,
+    DatasetVersion,
+    DatasetVersionList,
+    DatasetVersionReceipt,
+)
+from contracts.commands import RegisterDataset
+from gateway.auth import PERMISSION_OPT, Permission
+from gateway.downloads import stream_object
+from gateway.idempotency import (
+    RequestIdentity,
+    check_key,
+    replay,
+    run_claimed,
+    upload_fingerprint,
+)
+from gateway.limits import stream_body
+from gateway.routing import (
+    DatasetId,
+    IdempotencyKey,
+    ProjectId,
+    answer_command,
+    command_context,
+    encode,
+    json_identity,
+    problems,
+    read_your_writes,
+    request_identity,
+)
+from gateway.services import GatewayServices
+from projections import queries
+
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_FILENAME = TypeAdapter(ShortText)
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+ContentSha256 = Annotated[
+    str | None,
+    Parameter(
+        header="X-Content-SHA256",
+        required=False,
+        description="sha256 of the whole file (64 hex); refused on mismatch",
+    ),
+]
+Filename = Annotated[
+    str | None,
+    Parameter(
+        header="X-Filename",
+        required=False,
+        description="Original file name, percent-encoded UTF-8",
+    ),
+]
+
+
+@post(
+    "/projects/{project_id:str}/datasets",
+    opt={PERMISSION_OPT: Permission.DATASET_WRITE},
+    status_code=201,
+    responses=problems(400, 404, 409, 413, 422),
+)
+async def register_dataset(
+    request: Request[Any, Any, Any],
+    services: GatewayServices,
+    project_id: ProjectId,
+    data: RegisterDataset,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[DatasetReceipt]:
+    """Register a dataset in a project; versions are uploaded afterwards."""
+    identity = await json_identity(request, idempotency_key)
+
+    async def run() -> DatasetReceipt:
+        ctx = command_context(request)
+        result = await services.handlers.register_dataset(ctx, project_id, data)
+        await read_your_writes(services, result["position"])
+        return DatasetReceipt(
+            position=result["position"],
+            project_id=project_id,
+            dataset_id=data.dataset_id,
+            name=data.name,
+            description=data.description,
+        )
+
+    return await answer_command(services, identity, status_code=201, run=run)
+
+
+@get(
+    "/projects/{project_id:str}/datasets",
+    opt={PERMISSION_OPT: Permission.DATASET_READ},
+    responses=problems(404),
+)
+async def list_datasets(
+    services: GatewayServices, project_id: ProjectId
+) -> DatasetList:
+    """The datasets of a project, by id."""
+    await queries.get_project(services.pool, project_id)
+    rows = await queries.list_datasets(services.pool, project_id)
+    return DatasetList.model_validate({"items": rows})
+
+
+@get(
+    "/projects/{project_id:str}/datasets/{dataset_id:str}",
+    opt={PERMISSION_OPT: Permission.DATASET_READ},
+    responses=problems(404),
+)
+async def get_dataset(
+    services: GatewayServices, project_id: ProjectId, dataset_id: DatasetId
+) -> Dataset:
+    """One dataset with its newest committed version number."""
+    row = await queries.get_dataset(services.pool, project_id, dataset_id)
+    return Dataset.model_validate(row)
+
+
+class _RawBodyOperation(Operation):
+    """Documents the upload's request body: the raw bytes of the file."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="The file, as the raw request body (streamed)",
+            content={
+                "application/octet-stream": OpenAPIMediaType(
+                    schema=Schema(type="string", format="binary")  # type: ignore[arg-type]
+                )
+            },
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class _UploadHeaders:
+    filename: str
+    content_type: str
+    declared_sha256: str | None
+
+
+@post(
+    "/projects/{project_id:str}/datasets/{dataset_id:str}/versions",
+    opt={PERMISSION_OPT: Permission.DATASET_WRITE},
+    status_code=201,
+    request_max_body_size=None,
+    operation_class=_RawBodyOperation,
+    responses=problems(400, 404, 409, 413, 422),
+)
+async def upload_dataset_version(
+    request: Request[Any, Any, Any],
+    services: GatewayServices,
+    settings: Settings,
+    project_id: ProjectId,
+    dataset_id: DatasetId,
+    content_sha256: ContentSha256 = None,
+    filename: Filename = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[DatasetVersionReceipt]:
+    """Upload the next version of a dataset; the body is the file itself.
+
+    The size limit is `ANIMUS_MAX_UPLOAD_BYTES`, checked from Content-Length
+    before anything is stored and again on the bytes that arrive.
+    """
+    check_key(idempotency_key)
+    headers = _upload_headers(request, content_sha256, filename)
+    _check_announced_size(request, settings.max_upload_bytes)
+    await services.handlers.check_dataset_writable(project_id, dataset_id)
+    early = await _replay_before_upload(
+        services, request, idempotency_key, headers.declared_sha256
+    )
+    if early is not None:
+        return early
+
+    blob = await services.blobs.put_stream(
+        stream_body(request),
+        part_size=settings.upload_part_bytes,
+        max_bytes=settings.max_upload_bytes,
+        expected_sha256=headers.declared_sha256,
+    )
+    identity = request_identity(
+        request,
+        idempotency_key,
+        upload_fingerprint(request.method, request.url.path, blob.sha256),
+    )
+    if identity is not None:
+        stored = await services.idempotency.claim(identity)
+        if stored is not None:
+            return replay(stored)
+
+    async def commit() -> bytes:
+        result = await services.handlers.commit_dataset_version(
+            command_context(request),
+            project_id,
+            dataset_id,
+            sha256=blob.sha256,
+            size=blob.size,
+            object_key=blob.key,
+            filename=headers.filename,
+            content_type=headers.content_type,
+        )
+        await read_your_writes(services, result["position"])
+        return encode(
+            DatasetVersionReceipt(
+                position=result["position"],
+                project_id=project_id,
+                dataset_id=dataset_id,
+                version=result["version"],
+                sha256=blob.sha256,
+                size=blob.size,
+                filename=headers.filename,
+                content_type=headers.content_type,
+            )
+        )
+
+    body = await run_claimed(services.idempotency, identity, commit)
+    if identity is not None:
+        await services.idempotency.complete(identity, status_code=201, body=body)
+    return Response(content=body, status_code=201, media_type="application/json")
+
+
+def _upload_headers(
+    request: Request[Any, Any, Any], content_sha256: str | None, filename: str | None
+) -> _UploadHeaders:
+    """Check the upload's headers before any byte is read.
+
+    Raises:
+        ValidationError: a malformed digest or file name.
+    """
+    declared = None
+    if content_sha256 is not None:
+        if not _SHA256.match(content_sha256):
+            raise ValidationError("X-Content-SHA256 must be 64 hexadecimal digits")
+        declared = content_sha256.lower()
+    name = ""
+    if filename:
+        try:
+            name = _FILENAME.validate_python(unquote(filename, errors="strict"))
+        except (UnicodeDecodeError, PydanticValidationError) as exc:
+            raise ValidationError(
+                "X-Filename must be percent-encoded UTF-8 text of at most "
+                "200 characters, without NUL"
+            ) from exc
+    media_type = request.headers.get("content-type") or DEFAULT_CONTENT_TYPE
+    return _UploadHeaders(
+        filename=name, content_type=media_type[:200], declared_sha256=declared
+    )
+
+
+def _check_announced_size(request: Request[Any, Any, Any], limit: int) -> None:
+    announced = request.content_length
+    if announced is not None and announced > limit:
+        raise TooLarge(f"upload exceeds {limit} bytes")
+
+
+async def _replay_before_upload(
+    services: GatewayServices,
+    request: Request[Any, Any, Any],
+    key: str | None,
+    declared_sha256: str | None,
+) -> Response[Any] | None:
+    """With a declared digest, a replay or a mismatch needs no upload."""
+    if declared_sha256 is None:
+        return None
+    identity: RequestIdentity | None = request_identity(
+        request,
+        key,
+        upload_fingerprint(request.method, request.url.path, declared_sha256),
+    )
+    if identity is None:
+        return None
+    stored = await services.idempotency.peek(identity)
+    return None if stored is None else replay(stored)
+
+
+@get(
+    "/projects/{project_id:str}/datasets/{dataset_id:str}/versions",
+    opt={PERMISSION_OPT: Permission.DATASET_READ},
+    responses=problems(404),
+)
+async def list_dataset_versions(
+    services: GatewayServices, project_id: ProjectId, dataset_id: DatasetId
+) -> DatasetVersionList:
+    """The committed versions of a dataset, oldest first."""
+    await queries.get_dataset(services.pool, project_id, dataset_id)
+    rows = await queries.list_dataset_versions(services.pool, project_id, dataset_id)
+    return DatasetVersionList.model_validate({"items": rows})
+
+
+@get(
+    "/projects/{project_id:str}/datasets/{dataset_id:str}/versions/{version:int}",
+    opt={PERMISSION_OPT: Permission.DATASET_READ},
+    responses=problems(404),
+)
+async def get_dataset_version(
+    services: GatewayServices,
+    project_id: ProjectId,
+    dataset_id: DatasetId,
+    version: int,
+) -> DatasetVersion:
+    """One committed version with its sha256."""
+    row = await queries.get_dataset_version(
+        services.pool, project_id, dataset_id, version
+    )
+    return DatasetVersion.model_validate(row)
+
+
+@get(
+    "/projects/{project_id:str}/datasets/{dataset_id:str}/versions/{version:int}"
+    "/content",
+    opt={PERMISSION_OPT: Permission.DATASET_READ},
+    media_type="application/octet-stream",
+    responses=problems(404),
+)
+async def download_dataset_version(
+    services: GatewayServices,
+    project_id: ProjectId,
+    dataset_id: DatasetId,
+    version: int,
+) -> Stream:
+    """The bytes of a committed version, streamed; X-Content-SHA256 to verify."""
+    row = await queries.get_dataset_version(
+        services.pool, project_id, dataset_id, version
+    )
+    headers = {}
+    if row.get("filename"):
+        headers["Content-Disposition"] = (
+            f"attachment; filename*=UTF-8''{quote(row['filename'], safe='')}"
+        )
+    return await stream_object(
+        services.blobs,
+        key=row["object_key"],
+        sha256=row["sha256"],
+        size=row["size"],
+        media_type=row["content_type"],
+        headers=headers,
+    )
+
+
+ROUTES = [
+    register_dataset,
+    list_datasets,
+    get_dataset,
+    upload_dataset_version,
+    list_dataset_versions,
+    get_dataset_version,
+    download_dataset_version,
+]

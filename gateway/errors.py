@@ -1,0 +1,325 @@
+"""Errors to HTTP: the one table that turns exceptions into problem details.
+
+Every error response is RFC 9457 problem details (`application/problem+json`)
+with `type`, `title`, `status`, `detail`, `instance` and `request_id`.
+Litestar's problem-details plugin carries the conversion; `PROBLEMS` decides
+status, title and detail. Our own 4xx errors keep their detail; anything 5xx
+answers a stable detail (never driver text), and an unexpected error is
+logged once, with its traceback, here and nowhere else.
+
+    AnimusError (animus.errors)
+    ├── BadRequest                the body is not acceptable JSON (400)
+    │   └── UploadInterrupted     the client stopped sending the body (400)
+    ├── Unauthenticated           no or unknown bearer token (401)
+    ├── PermissionDenied          the route or the role refuses (403)
+    ├── NotReady                  a dependency is down (503)
+    ├── IdempotencyKeyMismatch    a key reused for another request (422)
+    └── IdempotencyKeyInProgress  the key's first request still runs (409)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from litestar import Request
+from litestar.exceptions import (
+    HTTPException,
+    NotFoundException,
+    ValidationException,
+)
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from litestar.response import Response
+
+from animus.errors import (
+    AlreadyExistsError,
+    AnimusError,
+    BusError,
+    ConflictError,
+    NotFoundError,
+    StorageError,
+    StoreError,
+    StreamVersionConflict,
+    TransientStoreError,
+    ValidationError,
+)
+from animus.storage import DigestMismatch, EmptyUpload, TooLarge
+from contracts.api import PROBLEM_MEDIA_TYPE
+from gateway.context import request_id_of
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_TYPE_BASE = "urn:animus:problem:"
+
+
+class BadRequest(AnimusError):
+    title = "Bad request"
+
+
+class UploadInterrupted(BadRequest):
+    title = "Upload interrupted"
+
+
+class Unauthenticated(AnimusError):
+    title = "Authentication required"
+
+    def __init__(self, detail: str, *, invalid_token: bool = False) -> None:
+        super().__init__(detail)
+        self.invalid_token = invalid_token
+
+
+class PermissionDenied(AnimusError):
+    title = "Permission denied"
+
+
+class NotReady(AnimusError):
+    title = "Not ready"
+
+    def __init__(self, detail: str, *, checks: Mapping[str, str]) -> None:
+        super().__init__(detail)
+        self.checks = dict(checks)
+
+
+class IdempotencyKeyMismatch(ValidationError):
+    title = "Idempotency key mismatch"
+
+
+class IdempotencyKeyInProgress(ConflictError):
+    title = "Idempotency key in progress"
+
+
+@dataclass(frozen=True)
+class ProblemKind:
+    """How one exception type answers: status, a slug for `type`, a detail.
+
+    `detail` set means the exception's own text is never shown.
+    """
+
+    status: int
+    slug: str
+    detail: str | None = None
+
+
+PROBLEMS: dict[type[Exception], ProblemKind] = {
+    BadRequest: ProblemKind(400, "bad-request"),
+    UploadInterrupted: ProblemKind(400, "upload-interrupted"),
+    Unauthenticated: ProblemKind(401, "unauthenticated"),
+    PermissionDenied: ProblemKind(403, "permission-denied"),
+    NotFoundError: ProblemKind(404, "not-found"),
+    ConflictError: ProblemKind(409, "conflict"),
+    AlreadyExistsError: ProblemKind(409, "already-exists"),
+    StreamVersionConflict: ProblemKind(
+        409,
+        "stream-version-conflict",
+        "a concurrent change won the race; reload and retry",
+    ),
+    TooLarge: ProblemKind(413, "too-large"),
+    ValidationError: ProblemKind(422, "validation-failed"),
+    IdempotencyKeyMismatch: ProblemKind(422, "idempotency-key-mismatch"),
+    IdempotencyKeyInProgress: ProblemKind(409, "idempotency-key-in-progress"),
+    DigestMismatch: ProblemKind(422, "digest-mismatch"),
+    EmptyUpload: ProblemKind(422, "empty-upload"),
+    NotReady: ProblemKind(503, "not-ready"),
+    TransientStoreError: ProblemKind(
+        503,
+        "store-unavailable",
+        "the event store is temporarily unavailable; retry later",
+    ),
+    BusError: ProblemKind(
+        503, "bus-unavailable", "the message bus is temporarily unavailable"
+    ),
+    StorageError: ProblemKind(
+        503,
+        "storage-unavailable",
+        "object storage is temporarily unavailable; retry later",
+    ),
+    StoreError: ProblemKind(500, "internal", "internal error"),
+    AnimusError: ProblemKind(500, "internal", "internal error"),
+}
+"""The one table: our exception types, most specific first by MRO lookup."""
+
+INTERNAL = ProblemKind(500, "internal", "internal error")
+
+
+def problem_kind(exc: Exception) -> ProblemKind:
+    for cls in type(exc).__mro__:
+        if cls in PROBLEMS:
+            return PROBLEMS[cls]
+    return INTERNAL
+
+
+def to_problem(exc: Exception) -> ProblemDetailsException:
+    """Convert any exception raised while serving a request."""
+    if isinstance(exc, ProblemDetailsException):
+        return exc
+    if isinstance(exc, HTTPException):
+        return _from_http_exception(exc)
+    kind = problem_kind(exc)
+    if kind.status >= 500:
+        _log_server_error(exc, kind)
+    detail = kind.detail or (exc.detail if isinstance(exc, AnimusError) else "")
+    title = exc.title if isinstance(exc, AnimusError) and kind.status < 500 else None
+    return _problem(kind, detail, title=title, **_extras(exc))
+
+
+def _extras(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, Unauthenticated):
+        challenge = 'Bearer realm="animus"'
+        if exc.invalid_token:
+            challenge += ', error="invalid_token"'
+        return {"headers": {"WWW-Authenticate": challenge}}
+    if isinstance(exc, NotReady):
+        return {"extra": {"checks": exc.checks}}
+    return {}
+
+
+class AnimusProblem(ProblemDetailsException):
+    """A problem that renders with the request's path and id."""
+
+    def to_response(self, request: Request[Any, Any, Any]) -> Response[Any]:
+        return render_problem(request, self)
+
+
+def _problem(
+    kind: ProblemKind,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> ProblemDetailsException:
+    return AnimusProblem(
+        status_code=kind.status,
+        type_=PROBLEM_TYPE_BASE + kind.slug,
+        title=title or _default_title(kind.status),
+        detail=detail,
+        headers=headers,
+        extra=extra,
+    )
+
+
+def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
+    """Litestar's own errors: routing, limits, parameter and body validation."""
+    if isinstance(exc, ValidationException):
+        return _from_validation(exc)
+    status = exc.status_code
+    if status >= 500:
+        _log_server_error(exc, INTERNAL)
+        return _problem(INTERNAL, INTERNAL.detail or "")
+    slug = _HTTP_SLUGS.get(status, "http-error")
+    if isinstance(exc, NotFoundException):
+        return _problem(ProblemKind(404, slug), "no resource at this path")
+    return _problem(ProblemKind(status, slug), str(exc.detail), headers=exc.headers)
+
+
+_HTTP_SLUGS = {
+    400: "bad-request",
+    401: "unauthenticated",
+    403: "permission-denied",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "too-large",
+    415: "unsupported-media-type",
+    429: "too-many-requests",
+}
+
+
+def _from_validation(exc: ValidationException) -> ProblemDetailsException:
+    """Path errors mean no such resource; query errors 400; body errors 422."""
+    items = [item for item in exc.extra or [] if isinstance(item, Mapping)]
+    sources = {_source_of(item) for item in items}
+    errors = [
+        {"field": str(item.get("key", "")), "message": str(item.get("message", ""))}
+        for item in items
+    ]
+    if sources == {"path"}:
+        return _problem(ProblemKind(404, "not-found"), "no resource at this path")
+    if sources & {"query", "header", "cookie"}:
+        return _problem(
+            ProblemKind(400, "invalid-parameter"),
+            "a parameter is invalid",
+            extra={"errors": errors},
+        )
+    return _problem(
+        ProblemKind(422, "invalid-body"),
+        "the request body does not validate",
+        extra={"errors": errors},
+    )
+
+
+def _source_of(item: Mapping[str, Any]) -> str:
+    source = item.get("source", "body")
+    return str(getattr(source, "value", source))
+
+
+def _log_server_error(exc: Exception, kind: ProblemKind) -> None:
+    if kind.status == 500:
+        log.error("request_failed", error=type(exc).__name__, exc_info=exc)
+    else:
+        log.warning(
+            "dependency_unavailable",
+            error=type(exc).__name__,
+            detail=exc.detail if isinstance(exc, AnimusError) else None,
+        )
+
+
+def _default_title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def render_problem(
+    request: Request[Any, Any, Any], exc: ProblemDetailsException
+) -> Response[Any]:
+    """Write the problem as JSON, with the request path and id."""
+    request_id = request_id_of(request.scope)
+    body: dict[str, Any] = {
+        "type": exc.type_ or "about:blank",
+        "title": exc.title or _default_title(exc.status_code),
+        "status": exc.status_code,
+        "detail": exc.detail,
+        "instance": request.url.path,
+        "request_id": request_id,
+    }
+    if isinstance(exc.extra, Mapping):
+        body.update({k: v for k, v in exc.extra.items() if k not in body})
+    headers = {**(exc.headers or {}), "X-Request-ID": request_id}
+    if request.scope.get("route_handler") is None:
+        # No route matched, so no middleware ran: this is the request's line.
+        log.info(
+            "request",
+            method=request.method,
+            path=request.url.path,
+            status=exc.status_code,
+            request_id=request_id,
+            actor=None,
+        )
+    return Response(
+        body,
+        status_code=exc.status_code,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def problem_details_plugin() -> ProblemDetailsPlugin:
+    """The plugin wired to `to_problem` for every exception."""
+    converters: dict[type[Exception], Callable[[Exception], Any]] = {
+        Exception: to_problem,
+    }
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            exception_handler=render_problem,
+            enable_for_all_http_exceptions=False,
+            exception_to_problem_detail_map=converters,
+        )
+    )

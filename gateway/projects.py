@@ -1,0 +1,81 @@
+"""Project routes: create, list, read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.params import Parameter
+from litestar.response import Response
+
+from contracts.api import Project, ProjectList, ProjectReceipt
+from contracts.commands import CreateProject
+from gateway.auth import PERMISSION_OPT, Permission
+from gateway.routing import (
+    IdempotencyKey,
+    ProjectId,
+    answer_command,
+    command_context,
+    json_identity,
+    problems,
+    read_your_writes,
+)
+from gateway.services import GatewayServices
+from projections import queries
+
+Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
+Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
+
+
+@post(
+    "/projects",
+    opt={PERMISSION_OPT: Permission.PROJECT_WRITE},
+    status_code=201,
+    responses=problems(400, 409, 413, 422),
+)
+async def create_project(
+    request: Request[Any, Any, Any],
+    services: GatewayServices,
+    data: CreateProject,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[ProjectReceipt]:
+    """Create a project; its id is chosen by the caller."""
+    identity = await json_identity(request, idempotency_key)
+
+    async def run() -> ProjectReceipt:
+        result = await services.handlers.create_project(command_context(request), data)
+        await read_your_writes(services, result["position"])
+        return ProjectReceipt(
+            position=result["position"],
+            project_id=data.project_id,
+            name=data.name,
+            description=data.description,
+        )
+
+    return await answer_command(services, identity, status_code=201, run=run)
+
+
+@get(
+    "/projects",
+    opt={PERMISSION_OPT: Permission.PROJECT_READ},
+    responses=problems(400),
+)
+async def list_projects(
+    services: GatewayServices, limit: Limit = 50, offset: Offset = 0
+) -> ProjectList:
+    """Projects in the order they were created."""
+    rows = await queries.list_projects(services.pool, limit=limit, offset=offset)
+    return ProjectList.model_validate({"items": rows, "limit": limit, "offset": offset})
+
+
+@get(
+    "/projects/{project_id:str}",
+    opt={PERMISSION_OPT: Permission.PROJECT_READ},
+    responses=problems(404),
+)
+async def get_project(services: GatewayServices, project_id: ProjectId) -> Project:
+    """One project."""
+    return Project.model_validate(await queries.get_project(services.pool, project_id))
+
+
+ROUTES = [create_project, list_projects, get_project]

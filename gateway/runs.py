@@ -1,0 +1,204 @@
+"""Run routes: submit, list, read, cancel, timeline, lineage and artifacts."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+from litestar import Request, get, post
+from litestar.params import Parameter
+from litestar.response import Response, Stream
+
+from animus.errors import ValidationError
+from contracts.api import (
+    CancelReceipt,
+    Run,
+    RunLineage,
+    RunList,
+    RunReceipt,
+    RunTimeline,
+)
+from contracts.commands import CancelRun
+from contracts.runs import RunSpec
+from gateway.auth import PERMISSION_OPT, Permission
+from gateway.downloads import stream_object
+from gateway.routing import (
+    IdempotencyKey,
+    ProjectId,
+    RunId,
+    answer_command,
+    command_context,
+    json_identity,
+    problems,
+    read_your_writes,
+)
+from gateway.services import GatewayServices
+from projections import queries
+
+Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
+Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
+StatusFilter = Annotated[
+    str | None,
+    Parameter(required=False, description="Only runs in this status"),
+]
+
+
+@post(
+    "/projects/{project_id:str}/runs",
+    opt={PERMISSION_OPT: Permission.RUN_WRITE},
+    status_code=201,
+    responses=problems(400, 404, 409, 413, 422),
+)
+async def submit_run(
+    request: Request[Any, Any, Any],
+    services: GatewayServices,
+    project_id: ProjectId,
+    data: RunSpec,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[RunReceipt]:
+    """Submit a run; every input must name a committed dataset version."""
+    identity = await json_identity(request, idempotency_key)
+
+    async def run() -> RunReceipt:
+        ctx = command_context(request)
+        result = await services.handlers.submit_run(ctx, project_id, data)
+        await read_your_writes(services, result["position"])
+        return RunReceipt.model_validate({**result, "project_id": project_id})
+
+    return await answer_command(services, identity, status_code=201, run=run)
+
+
+@get(
+    "/projects/{project_id:str}/runs",
+    opt={PERMISSION_OPT: Permission.RUN_READ},
+    responses=problems(400, 404, 422),
+)
+async def list_runs(
+    services: GatewayServices,
+    project_id: ProjectId,
+    status: StatusFilter = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> RunList:
+    """Runs of a project, newest first."""
+    await queries.get_project(services.pool, project_id)
+    rows = await queries.list_runs(
+        services.pool, project_id, status=status, limit=limit, offset=offset
+    )
+    return RunList.model_validate({"items": rows, "limit": limit, "offset": offset})
+
+
+@get(
+    "/projects/{project_id:str}/runs/{run_id:str}",
+    opt={PERMISSION_OPT: Permission.RUN_READ},
+    responses=problems(404),
+)
+async def get_run(
+    services: GatewayServices, project_id: ProjectId, run_id: RunId
+) -> Run:
+    """One run with its spec, plan, metrics and artifacts."""
+    return Run.model_validate(await queries.get_run(services.pool, project_id, run_id))
+
+
+@post(
+    "/projects/{project_id:str}/runs/{run_id:str}/cancel",
+    opt={PERMISSION_OPT: Permission.RUN_WRITE},
+    status_code=202,
+    responses=problems(400, 404, 409, 413, 422),
+)
+async def cancel_run(
+    request: Request[Any, Any, Any],
+    services: GatewayServices,
+    project_id: ProjectId,
+    run_id: RunId,
+    data: CancelRun | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[CancelReceipt]:
+    """Ask for a run to stop; the executor confirms with RunCanceled."""
+    identity = await json_identity(request, idempotency_key)
+    command = data or CancelRun()
+
+    async def run() -> CancelReceipt:
+        ctx = command_context(request)
+        result = await services.handlers.cancel_run(ctx, project_id, run_id, command)
+        await read_your_writes(services, result["position"])
+        return CancelReceipt.model_validate(
+            {**result, "project_id": project_id, "run_id": run_id}
+        )
+
+    return await answer_command(services, identity, status_code=202, run=run)
+
+
+@get(
+    "/projects/{project_id:str}/runs/{run_id:str}/timeline",
+    opt={PERMISSION_OPT: Permission.RUN_READ},
+    responses=problems(404),
+)
+async def run_timeline(
+    services: GatewayServices, project_id: ProjectId, run_id: RunId
+) -> RunTimeline:
+    """Every event of the run, in order, straight from the log."""
+    events = await queries.run_timeline(services.pool, project_id, run_id)
+    return RunTimeline.model_validate(
+        {"project_id": project_id, "run_id": run_id, "events": events}
+    )
+
+
+@get(
+    "/projects/{project_id:str}/runs/{run_id:str}/lineage",
+    opt={PERMISSION_OPT: Permission.RUN_READ},
+    responses=problems(404),
+)
+async def run_lineage(
+    services: GatewayServices, project_id: ProjectId, run_id: RunId
+) -> RunLineage:
+    """What the run consumed and produced, with digests."""
+    lineage = await queries.run_lineage(services.pool, project_id, run_id)
+    return RunLineage.model_validate(lineage)
+
+
+@get(
+    "/projects/{project_id:str}/runs/{run_id:str}/artifacts/{name:path}",
+    opt={PERMISSION_OPT: Permission.RUN_READ},
+    media_type="application/octet-stream",
+    responses=problems(404, 422),
+)
+async def download_artifact(
+    services: GatewayServices,
+    project_id: ProjectId,
+    run_id: RunId,
+    name: PurePosixPath,
+) -> Stream:
+    """The bytes of one artifact (the name may contain `/`), streamed."""
+    artifact_name = artifact_name_of(name)
+    row = await queries.get_artifact(services.pool, project_id, run_id, artifact_name)
+    return await stream_object(
+        services.blobs,
+        key=row["object_key"],
+        sha256=row["sha256"],
+        size=row["size"],
+        media_type="application/octet-stream",
+    )
+
+
+def artifact_name_of(path: PurePosixPath) -> str:
+    """The artifact name in a URL path; no empty, `.` or `..` segments.
+
+    Raises:
+        ValidationError: the name could escape the run's outputs.
+    """
+    segments = [part for part in path.parts if part != "/"]
+    if not segments or any(part in {".", ".."} or "\\" in part for part in segments):
+        raise ValidationError("an artifact name must not contain '.' or '..' segments")
+    return "/".join(segments)
+
+
+ROUTES = [
+    submit_run,
+    list_runs,
+    get_run,
+    cancel_run,
+    run_timeline,
+    run_lineage,
+    download_artifact,
+]

@@ -1,0 +1,83 @@
+"""What the gateway talks to, opened together and closed together.
+
+`GatewayServices` holds the application role's pool, the event store, the
+command handlers, the blob store and the bus connection (used by readiness
+only). Tests inject their own; `open_services` opens them from settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+from animus.bus import Bus, connect_bus
+from animus.db import app_dsn, open_pool
+from animus.errors import ConfigurationError
+from animus.eventstore import EventStore
+from animus.settings import Settings
+from animus.storage import BlobStore
+from commands.handlers import CommandHandlers
+from gateway.idempotency import IdempotencyStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayServices:
+    """The gateway's connections; the pool is the INSERT/SELECT-only role's."""
+
+    pool: AsyncConnectionPool
+    store: EventStore
+    handlers: CommandHandlers
+    blobs: BlobStore
+    bus: Bus | None = None
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        return IdempotencyStore(self.pool)
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The blob store named by settings (not yet connected).
+
+    Raises:
+        ConfigurationError: no S3 endpoint is set.
+    """
+    if not settings.s3_endpoint:
+        raise ConfigurationError("ANIMUS_S3_ENDPOINT: required by the gateway")
+    return BlobStore(
+        endpoint=settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        bucket=settings.s3_bucket,
+        region=settings.s3_region,
+    )
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[GatewayServices]:
+    """Open every service from settings; close them all on exit.
+
+    Raises:
+        ConfigurationError: a required service is not configured.
+        StoreError, StorageError, BusError: a service cannot be reached.
+    """
+    blobs = blob_store(settings)
+    async with AsyncExitStack() as stack:
+        pool = await open_pool(app_dsn(settings), name="gateway")
+        stack.push_async_callback(pool.close)
+        store = await stack.enter_async_context(EventStore(pool))
+        await stack.enter_async_context(blobs)
+        await blobs.ensure_bucket()
+        bus = None
+        if settings.nats_url:
+            bus = await connect_bus(settings.nats_url, name="animus-gateway")
+            stack.push_async_callback(bus.close)
+        yield GatewayServices(
+            pool=pool,
+            store=store,
+            handlers=CommandHandlers(store),
+            blobs=blobs,
+            bus=bus,
+        )
