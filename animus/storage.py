@@ -249,9 +249,14 @@ class BlobStore:
     async def iter_object(self, key: str) -> AsyncIterator[bytes]:
         """Stream an object's bytes."""
         answer = await self._call("get_object", Bucket=self.bucket, Key=key)
-        async with answer["Body"] as body:
+        body = answer["Body"]
+        # `async with body` yields aiohttp's response, whose read() takes no
+        # size: read through the StreamingBody and release it at the end.
+        try:
             while chunk := await body.read(READ_CHUNK):
                 yield chunk
+        finally:
+            body.close()
 
     async def download_verified(self, key: str, target: Path, sha256: str) -> None:
         """Write an object to `target`, refusing it unless its sha256 matches."""
