@@ -130,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
+        if args.command not in PROCESSES:
+            from animus.telemetry import configure_logging
+
+            # operator tools keep stdout for their answer; logs go to stderr
+            configure_logging(level=settings.log_level, fmt=settings.log_format)
         return _dispatch(args, settings)
     except AnimusError as exc:
         err.print(f"animus: {exc.detail}", markup=False)

@@ -59,6 +59,22 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _problem_text(response: httpx.Response) -> str:
+    """A problem-details answer as one line: its detail and first field error."""
+    try:
+        problem = response.json()
+    except ValueError:
+        return response.text.strip()[:200]
+    if not isinstance(problem, dict):
+        return str(problem)[:200]
+    detail = str(problem.get("detail", ""))
+    errors = problem.get("errors") or []
+    if errors and isinstance(errors[0], dict):
+        first = errors[0]
+        detail += f" ({first.get('field', '')}: {first.get('message', '')})"
+    return detail
+
+
 @dataclass
 class Api:
     """A thin client of the gateway that turns problem details into DemoError."""
@@ -73,10 +89,7 @@ class Api:
         except httpx.HTTPError as exc:
             raise DemoError(f"{method} {path}: {exc}") from exc
         if response.status_code not in ok:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
+            detail = _problem_text(response)
             raise DemoError(
                 f"{method} {path} answered {response.status_code}: {detail}"
             )
