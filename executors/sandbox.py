@@ -202,13 +202,15 @@ def bwrap_argv(
         "ALL",
         "--hostname",
         SANDBOX_HOSTNAME,
-        *_system_args(),
+        # the private /tmp comes first: a venv that lives under /tmp (a CI
+        # clone, say) is bound on top of it instead of being hidden by it
         "--proc",
         "/proc",
         "--dev",
         "/dev",
         "--tmpfs",
         "/tmp",
+        *_system_args(),
         "--ro-bind",
         str(layout.inputs_dir),
         SANDBOX_INPUTS,

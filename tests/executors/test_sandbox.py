@@ -134,3 +134,25 @@ async def test_unsandboxed_dev_mode_runs_and_warns_on_every_launch(
     warnings = [e for e in logs if e["event"] == "launch_unsandboxed"]
     assert len(warnings) == 2
     assert all(e["log_level"] == "warning" for e in warnings)
+
+
+@pytest.mark.skipif(sandbox.find_bwrap() is None, reason="bubblewrap is missing")
+def test_a_python_prefix_under_tmp_stays_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clone under /tmp (as CI may make) keeps its venv inside the sandbox."""
+    import subprocess
+
+    prefix = tmp_path / "venv"
+    (prefix / "bin").mkdir(parents=True)
+    tool = prefix / "bin" / "hello"
+    tool.write_text("#!/bin/sh\necho hello from the prefix\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(sandbox, "python_prefixes", lambda: [prefix])
+    layout = SandboxLayout(inputs_dir=tmp_path / "in", outputs_dir=tmp_path / "out")
+    layout.inputs_dir.mkdir()
+    layout.outputs_dir.mkdir()
+    argv = bwrap_argv(str(sandbox.find_bwrap()), [str(tool)], layout)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello from the prefix"
