@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from animus.errors import AnimusError, ConfigurationError
+from animus.errors import AnimusError, ConfigurationError, TransientStoreError
 from animus.settings import Settings, load_settings
 
 PROCESSES: dict[str, str] = {
@@ -126,6 +127,23 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise ConfigurationError(f"unknown command {args.command}")
 
 
+def _database_hint() -> str:
+    """Where the database was expected, without credentials."""
+    from urllib.parse import urlsplit
+
+    from animus.stack import resolve_services
+
+    with contextlib.suppress(AnimusError, ValueError):
+        dsn = resolve_services(load_settings()).database_url
+        if dsn:
+            parts = urlsplit(dsn)
+            return (
+                f" (is PostgreSQL running at {parts.hostname}:{parts.port or 5432}? "
+                "see ANIMUS_DATABASE_URL)"
+            )
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -136,8 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # operator tools keep stdout for their answer; logs go to stderr
             configure_logging(level=settings.log_level, fmt=settings.log_format)
         return _dispatch(args, settings)
+    except TransientStoreError as exc:
+        err.print(
+            f"animus: {exc.detail}{_database_hint()}", markup=False, soft_wrap=True
+        )
+        return 1
     except AnimusError as exc:
-        err.print(f"animus: {exc.detail}", markup=False)
+        err.print(f"animus: {exc.detail}", markup=False, soft_wrap=True)
         return 2 if isinstance(exc, ConfigurationError) else 1
     except KeyboardInterrupt:
         return 130

@@ -28,7 +28,9 @@ def app_dsn(settings: Settings) -> str:
     if settings.app_database_url:
         return settings.app_database_url
     if not settings.database_url:
-        raise StoreError("no database configured (ANIMUS_DATABASE_URL)")
+        raise StoreError(
+            "no database: start one with `animus up`, or set ANIMUS_DATABASE_URL"
+        )
     return with_user(settings.database_url, APP_ROLE)
 
 

@@ -67,11 +67,13 @@ class Settings(BaseSettings):
     def _check_production(self) -> Settings:
         if self.environment == "production" and self.auth_mode == "dev":
             raise ValueError(
-                "auth_mode 'dev' is refused when environment is production"
+                "ANIMUS_AUTH_MODE: 'dev' is refused when ANIMUS_ENVIRONMENT is "
+                "production"
             )
         if self.environment == "production" and self.allow_unsandboxed:
             raise ValueError(
-                "allow_unsandboxed is refused when environment is production"
+                "ANIMUS_ALLOW_UNSANDBOXED: refused when ANIMUS_ENVIRONMENT is "
+                "production"
             )
         return self
 
@@ -86,9 +88,12 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except PydanticValidationError as exc:
         first = exc.errors()[0]
-        name = ".".join(str(p) for p in first["loc"]) or "settings"
-        env = f"ANIMUS_{name.upper()}" if first["loc"] else name
-        raise ConfigurationError(f"{env}: {first['msg']}") from exc
+        if not first["loc"]:
+            # a check across settings names its setting in its own message
+            cause = first.get("ctx", {}).get("error")
+            raise ConfigurationError(str(cause or first["msg"])) from exc
+        name = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"ANIMUS_{name.upper()}: {first['msg']}") from exc
 
 
 @lru_cache(maxsize=1)
