@@ -283,7 +283,11 @@ def run_up(settings: Settings) -> int:
     configure_logging(level=settings.log_level, fmt="console", process="up")
     supervisor = Supervisor(settings)
     supervisor.acquire()
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # both set explicitly: a shell starts background jobs with SIGINT ignored
+    previous = {
+        signum: signal.signal(signum, _raise_stop)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         supervisor.start_services()
         supervisor.prepare()
@@ -301,6 +305,7 @@ def run_up(settings: Settings) -> int:
         out.print("stopping…")
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         supervisor.stop()
         out.print("stopped")
