@@ -27,6 +27,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.tree import Tree
 
 from animus.errors import AnimusError
 from animus.settings import Settings
@@ -286,14 +287,20 @@ def _show_run(
     for item in run.get("artifacts", []):
         artifacts.add_row(item["name"], str(item["size"]), item["sha256"])
     console.print(artifacts)
-    edges = Table("from", "relation", "to", title="lineage")
-    for edge in lineage.get("edges", []) if isinstance(lineage, dict) else []:
-        edges.add_row(
-            f"{edge['source_kind']} {edge['source_id']}",
-            edge["relation"],
-            f"{edge['target_kind']} {edge['target_id']}",
-        )
-    console.print(edges)
+    console.print(_lineage_tree(run["run_id"], lineage))
+
+
+def _lineage_tree(run_id: str, lineage: Any) -> Tree:
+    """Inputs, with their digests, flowing through the run into its outputs."""
+    tree = Tree("[bold]lineage[/]")
+    lineage = lineage if isinstance(lineage, dict) else {}
+    inputs = tree.add("inputs")
+    for item in lineage.get("inputs", []):
+        inputs.add(f"dataset {item['id']}  sha256 {item['sha256'][:16]}…")
+    run = tree.add(f"run {run_id}")
+    for item in lineage.get("outputs", []):
+        run.add(f"{item['kind']} {item['name']}  sha256 {item['sha256'][:16]}…")
+    return tree
 
 
 def _report(console: Console, result: dict[str, Any]) -> None:
