@@ -116,6 +116,12 @@ class Artifact(ApiModel):
     kind: Literal["output", "log"]
 
 
+class ArtifactList(ApiModel):
+    """A run's artifacts; fetch each from `.../artifacts/{name}`."""
+
+    items: list[Artifact]
+
+
 class RunSummary(ApiModel):
     run_id: str
     project_id: Identifier

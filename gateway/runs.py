@@ -11,6 +11,7 @@ from litestar.response import Response, Stream
 
 from animus.errors import ValidationError
 from contracts.api import (
+    ArtifactList,
     CancelReceipt,
     Run,
     RunLineage,
@@ -158,6 +159,19 @@ async def run_lineage(
 
 
 @get(
+    "/projects/{project_id:str}/runs/{run_id:str}/artifacts",
+    opt={PERMISSION_OPT: Permission.RUN_READ},
+    responses=problems(404),
+)
+async def list_artifacts(
+    services: GatewayServices, project_id: ProjectId, run_id: RunId
+) -> ArtifactList:
+    """The run's artifacts with their digests and sizes."""
+    run = await queries.get_run(services.pool, project_id, run_id)
+    return ArtifactList.model_validate({"items": run.get("artifacts", [])})
+
+
+@get(
     "/projects/{project_id:str}/runs/{run_id:str}/artifacts/{name:path}",
     opt={PERMISSION_OPT: Permission.RUN_READ},
     media_type="application/octet-stream",
@@ -200,5 +214,6 @@ ROUTES = [
     cancel_run,
     run_timeline,
     run_lineage,
+    list_artifacts,
     download_artifact,
 ]

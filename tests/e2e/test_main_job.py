@@ -5,6 +5,7 @@ read models. Then `animus up` stops on SIGTERM and resumes with all data."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -108,6 +109,34 @@ def test_the_main_job_trains_verifies_and_replays(
     replay = json.loads(animus(env, "replay", "--json"))
     assert replay["equal"] is True, replay
     assert replay["tables"]["runs"]["live"] >= 2
+
+
+def test_the_runs_artifacts_timeline_and_lineage_are_served(
+    env: dict[str, str], stack: subprocess.Popen[bytes]
+) -> None:
+    token = {"Authorization": "Bearer dev-token"}
+    base = f"http://127.0.0.1:{env['ANIMUS_GATEWAY_PORT']}/projects/demo/runs"
+    runs = httpx.get(base, headers=token).json()["items"]
+    run_id = next(r["run_id"] for r in runs if r["status"] == "succeeded")
+
+    listed = httpx.get(f"{base}/{run_id}/artifacts", headers=token).json()["items"]
+    assert {a["name"] for a in listed} >= {"model.pkl", "logs/run.log"}
+    for artifact in listed:
+        body = httpx.get(f"{base}/{run_id}/artifacts/{artifact['name']}", headers=token)
+        assert body.status_code == 200
+        assert hashlib.sha256(body.content).hexdigest() == artifact["sha256"]
+        assert len(body.content) == artifact["size"]
+
+    timeline = httpx.get(f"{base}/{run_id}/timeline", headers=token).json()
+    versions = [e["stream_version"] for e in timeline["events"]]
+    assert versions == list(range(1, len(versions) + 1))
+    types = [e["type"] for e in timeline["events"]]
+    assert types[0] == "RunSubmitted" and types[-1] == "RunSucceeded"
+
+    lineage = httpx.get(f"{base}/{run_id}/lineage", headers=token).json()
+    assert {i["dataset_id"] for i in lineage["inputs"]} == {"wine", "wine-train-code"}
+    outputs = {o["name"]: o["sha256"] for o in lineage["outputs"]}
+    assert outputs == {a["name"]: a["sha256"] for a in listed}
 
 
 def test_up_stops_cleanly_and_resumes_with_all_data(
