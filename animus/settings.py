@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     executor_workdir: Path | None = None
     executor_concurrency: int = Field(default=2, ge=1, le=64)
     allow_unsandboxed: bool = False
+    run_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="How often the executor reports that a workload is alive",
+    )
+    run_lost_after_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Silence (receiver's clock) after which a running run is lost",
+    )
 
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_upload_bytes: int = Field(default=50 * 1024**3, ge=1)
@@ -69,6 +80,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "ANIMUS_AUTH_MODE: 'dev' is refused when ANIMUS_ENVIRONMENT is "
                 "production"
+            )
+        if self.run_lost_after_seconds < 2 * self.run_heartbeat_seconds:
+            raise ValueError(
+                "ANIMUS_RUN_LOST_AFTER_SECONDS: must be at least twice "
+                "ANIMUS_RUN_HEARTBEAT_SECONDS"
             )
         if self.environment == "production" and self.allow_unsandboxed:
             raise ValueError(

@@ -7,6 +7,13 @@ A report is acknowledged only once its events are committed, or once it was
 found to change nothing. Transient failures put it back with a delay, so no
 report is lost; a redelivered report is a duplicate by the folded state, so
 none yields a second event.
+
+Alongside, a liveness watch follows the log for running runs and taps every
+report as it is published (a plain subscription, so each coordinator sees
+all of them even when they share the durable consumer). Silence is measured
+on this process's monotonic clock from each report's arrival, never from the
+executor's timestamps; a running run silent for `lost_after` seconds is failed
+with reason `lost`, and its executor is asked to kill whatever is left.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -30,8 +39,8 @@ from animus.bus import (
     fetch_batch,
     settle,
 )
-from animus.errors import AnimusError, StreamVersionConflict
-from animus.eventstore import EventStore, NewEvent
+from animus.errors import AnimusError, BusError, StreamVersionConflict
+from animus.eventstore import EventStore, NewEvent, RecordedEvent
 from commands.run import (
     STREAM_TYPE,
     Applied,
@@ -39,14 +48,23 @@ from commands.run import (
     IgnoreReason,
     Outcome,
     RunState,
+    decide_lost,
     decide_report,
     fold_run,
     screen_report,
+    storable_text,
 )
-from contracts.bus import REPORT_STREAM, RunReport, report_subject
+from contracts.bus import (
+    REPORT_STREAM,
+    CancelRequested,
+    RunReport,
+    cancel_subject,
+    report_subject,
+)
+from contracts.events import TERMINAL_RUN_EVENTS, DomainEvent
 from contracts.streams import run_stream
 
-__all__ = ["Coordinator", "CoordinatorState"]
+__all__ = ["Coordinator", "CoordinatorState", "LivenessWatch"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,15 +78,79 @@ RETRY_MAX = 5.0
 REDELIVERY_MAX_DELAY = 30.0
 STOP_GRACE = 10.0
 IN_PROGRESS_AFTER = ACK_WAIT_SECONDS / 3
+LOST_AFTER = 60.0
+READ_PAGE = 1000
+_EXECUTOR_TIME_LIMIT = 64
+_LIVE_EVENTS = frozenset({"RunStarted", "ArtifactRecorded", "MetricsRecorded"})
 SUSPICIOUS = frozenset(
     {
         IgnoreReason.UNKNOWN_RUN,
         IgnoreReason.PROJECT_MISMATCH,
         IgnoreReason.MISSING_PAYLOAD,
         IgnoreReason.UNSTORABLE_REPORT,
+        IgnoreReason.TERMINAL_CONFLICT,
     }
 )
 """Ignore reasons that point at a misbehaving executor: logged as warnings."""
+
+
+@dataclass
+class _Watched:
+    attempt: int
+    heard_at: float
+
+
+class LivenessWatch:
+    """The running runs, and when each was last heard from by this process.
+
+    Times come from `clock` (monotonic by default) at the moment a report
+    arrives or the run is first seen running in the log, so a skewed or
+    stepped executor clock can neither fake liveness nor cause a false loss.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._runs: dict[str, _Watched] = {}
+        self.position = 0
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs
+
+    def follow(self, event: RecordedEvent) -> None:
+        """Watch a run once the log shows it running; drop it when it ends."""
+        self.position = max(self.position, event.position)
+        run_id = event.data.get("run_id")
+        if event.stream_type != STREAM_TYPE or not isinstance(run_id, str):
+            return
+        if event.type in TERMINAL_RUN_EVENTS or event.type == "RunDispatched":
+            self._runs.pop(run_id, None)
+        elif event.type in _LIVE_EVENTS and run_id not in self._runs:
+            attempt = int(event.data.get("attempt", 0))
+            self._runs[run_id] = _Watched(attempt=attempt, heard_at=self._clock())
+
+    def heard(self, run_id: str, attempt: int) -> None:
+        """A report of `run_id` arrived; one of an older attempt proves nothing."""
+        watched = self._runs.get(run_id)
+        if watched is not None and watched.attempt == attempt:
+            watched.heard_at = self._clock()
+
+    def refresh(self) -> None:
+        """Restart every count, after a time in which reports went unseen."""
+        now = self._clock()
+        for watched in self._runs.values():
+            watched.heard_at = now
+
+    def forget(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def silent(self, lost_after: float) -> list[tuple[str, float]]:
+        """(run_id, seconds of silence) of every run silent for `lost_after`."""
+        now = self._clock()
+        return sorted(
+            (run_id, now - watched.heard_at)
+            for run_id, watched in self._runs.items()
+            if now - watched.heard_at >= lost_after
+        )
 
 
 class CoordinatorState(enum.Enum):
@@ -97,8 +179,14 @@ class Coordinator:
         subject: str = SUBJECT,
         batch_size: int = BATCH_SIZE,
         fetch_timeout: float = FETCH_TIMEOUT,
+        lost_after: float = LOST_AFTER,
+        sweep_interval: float | None = None,
     ) -> None:
         self.durable = durable
+        self.liveness = LivenessWatch()
+        self._lost_after = lost_after
+        self._sweep_interval = sweep_interval or min(max(lost_after / 4, 0.05), 5.0)
+        self._watch_task: asyncio.Task[None] | None = None
         self._store = store
         self._bus = bus
         self._subject = subject
@@ -132,7 +220,12 @@ class Coordinator:
         self._task = asyncio.create_task(
             self._run(), name=f"coordinator-{self.durable}"
         )
-        log.info("coordinator_started", durable=self.durable)
+        self._watch_task = asyncio.create_task(
+            self._watch(), name=f"coordinator-{self.durable}-liveness"
+        )
+        log.info(
+            "coordinator_started", durable=self.durable, lost_after=self._lost_after
+        )
 
     async def stop(self, *, grace: float = STOP_GRACE) -> None:
         """Finish the batch in hand, then end the loop.
@@ -144,6 +237,11 @@ class Coordinator:
             return
         self._state = CoordinatorState.STOPPING
         self._stopping.set()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
         except TimeoutError:
@@ -170,29 +268,133 @@ class Coordinator:
             decision = decide_report(state, report)
             if isinstance(decision, Ignored):
                 return decision
-            events = [
-                NewEvent(
-                    stream_type=STREAM_TYPE,
-                    stream_id=stream_id,
-                    project_id=state.project_id,
-                    event=event,
-                )
-                for event in decision
-            ]
             try:
-                recorded = await self._store.append(
-                    events,
-                    expected_versions={stream_id: state.version},
-                    metadata=_metadata(state, report),
-                )
+                return await self._append(state, decision, _metadata(state, report))
             except StreamVersionConflict:
                 log.info("report_conflict_retry", report_id=report.report_id)
-                continue
-            return Applied(
-                event_types=tuple(e.type for e in recorded),
-                position=recorded[-1].position,
-            )
         raise StreamVersionConflict(f"stream {stream_id} kept moving; report retried")
+
+    async def declare_lost(self, run_id: str, *, silent_for: float) -> Outcome:
+        """Fail a running run nothing was heard from, then kill what is left.
+
+        Raises:
+            StreamVersionConflict: the stream kept moving through every retry.
+            StoreError: the event store failed; the next sweep tries again.
+        """
+        stream_id = run_stream(run_id)
+        for _ in range(CONFLICT_RETRIES):
+            state = fold_run(run_id, await self._store.read_stream(stream_id))
+            decision = decide_lost(state, silent_for=silent_for)
+            if isinstance(decision, Ignored):
+                self.liveness.forget(run_id)
+                return decision
+            metadata = {
+                "actor": "coordinator:liveness",
+                "attempt": state.attempt,
+                "silent_seconds": round(silent_for, 3),
+                "correlation_id": run_id,
+            }
+            try:
+                applied = await self._append(state, decision, metadata)
+            except StreamVersionConflict:
+                continue
+            self.liveness.forget(run_id)
+            log.warning(
+                "run_lost",
+                run_id=run_id,
+                attempt=state.attempt,
+                silent_for=round(silent_for, 3),
+                position=applied.position,
+            )
+            await self._kill_leftover(state)
+            return applied
+        raise StreamVersionConflict(f"stream {stream_id} kept moving; sweep retried")
+
+    async def _append(
+        self,
+        state: RunState,
+        decision: list[DomainEvent],
+        metadata: Mapping[str, Any],
+    ) -> Applied:
+        stream_id = run_stream(state.run_id)
+        events = [
+            NewEvent(
+                stream_type=STREAM_TYPE,
+                stream_id=stream_id,
+                project_id=state.project_id,
+                event=event,
+            )
+            for event in decision
+        ]
+        recorded = await self._store.append(
+            events, expected_versions={stream_id: state.version}, metadata=metadata
+        )
+        return Applied(
+            event_types=tuple(e.type for e in recorded),
+            position=recorded[-1].position,
+        )
+
+    async def _kill_leftover(self, state: RunState) -> None:
+        """Ask the run's executor to kill a workload that may still be running."""
+        executor = state.executor or "local"
+        cancel = CancelRequested(
+            project_id=state.project_id or "",
+            run_id=state.run_id,
+            attempt=state.attempt,
+        )
+        try:
+            await self._bus.publish(
+                cancel_subject(executor),
+                cancel.model_dump_json().encode(),
+                msg_id=f"lost:{state.run_id}:{state.attempt}",
+            )
+        except BusError as exc:
+            log.warning("lost_cancel_failed", run_id=state.run_id, error=exc.detail)
+
+    # -- liveness ------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Follow the log and the report tap; fail runs that fell silent."""
+        tap: Any = None
+        blind = True
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if tap is None:
+                        tap = await self._bus.nc.subscribe(
+                            self._subject, cb=self._on_tap
+                        )
+                    if not self._bus.nc.is_connected:
+                        blind = True  # reports pass unseen: no count is fair
+                    else:
+                        await self._sweep(refresh=blind)
+                        blind = False
+                except Exception as exc:  # noqa: BLE001 - the watch outlives a bad sweep
+                    log.warning("liveness_sweep_failed", error=str(exc))
+                await self._pause(self._sweep_interval)
+        finally:
+            if tap is not None:
+                with contextlib.suppress(Exception):
+                    await tap.unsubscribe()
+
+    async def _on_tap(self, msg: Msg) -> None:
+        report = _decode_report(msg.data)
+        if report is not None and msg.subject == report_subject(report.run_id):
+            self.liveness.heard(report.run_id, report.attempt)
+
+    async def _sweep(self, *, refresh: bool) -> None:
+        while True:
+            page = await self._store.read_all(
+                after=self.liveness.position, limit=READ_PAGE
+            )
+            for event in page:
+                self.liveness.follow(event)
+            if len(page) < READ_PAGE:
+                break
+        if refresh:
+            self.liveness.refresh()
+        for run_id, silent_for in self.liveness.silent(self._lost_after):
+            await self.declare_lost(run_id, silent_for=silent_for)
 
     async def _run(self) -> None:
         delay = RETRY_INITIAL
@@ -261,14 +463,13 @@ class Coordinator:
         await _settle(msg.ack)
 
     def _parse(self, msg: Msg) -> RunReport | None:
-        try:
-            report = RunReport.model_validate_json(msg.data)
-        except pydantic.ValidationError as exc:
+        report = _decode_report(msg.data)
+        if report is None:
             log.warning(
                 "report_rejected",
                 subject=msg.subject,
                 reason="invalid_report",
-                errors=exc.error_count(),
+                size=len(msg.data),
             )
             return None
         if msg.subject != report_subject(report.run_id):
@@ -280,6 +481,7 @@ class Coordinator:
                 run_id=report.run_id,
             )
             return None
+        self.liveness.heard(report.run_id, report.attempt)
         return report
 
     async def _redeliver(self, msg: Msg, report: RunReport, exc: Exception) -> None:
@@ -310,6 +512,8 @@ class Coordinator:
         if isinstance(outcome, Ignored):
             self.ignored += 1
             level = log.warning if outcome.reason in SUSPICIOUS else log.info
+            if outcome.reason is IgnoreReason.LIVENESS_ONLY:
+                level = log.debug  # one per heartbeat: too many for INFO
             level("report_ignored", reason=str(outcome.reason), **fields)
         else:
             self.applied += 1
@@ -321,8 +525,27 @@ class Coordinator:
             )
 
 
+def _decode_report(data: bytes) -> RunReport | None:
+    """Parse a report; lone surrogates and bad UTF-8 in its text are tolerated.
+
+    pydantic's JSON parser refuses a lone surrogate escape, which would make
+    a terminal report with such a log tail unreadable and leave its run
+    unfinished. The standard library keeps it, and `storable_text` replaces
+    it with U+FFFD before anything is stored.
+    """
+    with contextlib.suppress(pydantic.ValidationError):
+        return RunReport.model_validate_json(data)
+    try:
+        payload = json.loads(data.decode("utf-8", errors="replace"))
+        return RunReport.model_validate(payload)
+    except (ValueError, RecursionError, pydantic.ValidationError):
+        return None
+
+
 def _metadata(state: RunState, report: RunReport) -> Mapping[str, Any]:
-    return {
+    """The envelope metadata of a report's events; executor times are kept
+    here as metadata only."""
+    metadata: dict[str, Any] = {
         "actor": f"executor:{state.executor or 'local'}",
         "report_id": report.report_id,
         "report_kind": report.kind,
@@ -330,7 +553,12 @@ def _metadata(state: RunState, report: RunReport) -> Mapping[str, Any]:
         "attempt": report.attempt,
         "causation_id": report.report_id,
         "correlation_id": report.run_id,
+        "executor_sent_at": storable_text(report.sent_at, _EXECUTOR_TIME_LIMIT),
     }
+    if report.occurred_at is not None:
+        workload_time = storable_text(report.occurred_at, _EXECUTOR_TIME_LIMIT)
+        metadata["workload_time"] = workload_time
+    return metadata
 
 
 def _redelivery_delay(msg: Msg) -> float:

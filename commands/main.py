@@ -30,7 +30,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         async with (
             bus_session(settings.nats_url, name="animus-coordinator") as bus,
             EventStore(pool) as store,
-            Coordinator(store, bus),
+            Coordinator(store, bus, lost_after=settings.run_lost_after_seconds),
         ):
             await stop.wait()
     finally:

@@ -5,28 +5,36 @@ canceled, plus a `cancel_requested` flag. Submission appends RunSubmitted,
 RunPlanned and RunDispatched in one transaction, so a run that exists is
 always at least dispatched.
 
-Precedence, applied by `decide_report` in this order:
+Precedence, applied by `decide_report` in this order (commands/NOTES.md):
 
-1. FIRST TERMINAL WINS. Once RunSucceeded, RunFailed or RunCanceled is in the
-   stream nothing more is appended for the run; a late report is ignored
-   (`run_finished`), whatever its kind or seq.
-2. A report whose report_id was already applied is a duplicate and ignored
+1. A report whose report_id was already applied is a duplicate and ignored
    (`duplicate_report`); applied ids are part of the folded state, so a
    redelivered report never yields a second event.
+2. FIRST TERMINAL WINS. Once RunSucceeded, RunFailed or RunCanceled is in the
+   stream nothing more is appended for the run, whatever the report's kind
+   or seq. A terminal report of another outcome is a conflict, logged and
+   acknowledged (`terminal_conflict`); anything else is `run_finished`.
 3. A report for an attempt other than the current one is ignored
    (`attempt_mismatch`).
-4. Reports may arrive out of order. An artifact or metrics report before
-   "started" implies the start: RunStarted is appended first, in the same
-   append. A "started" after that is ignored (`already_started`). A terminal
-   report from a dispatched run is applied directly, without RunStarted.
-5. Cancel is a request, not a terminal state: RunCancelRequested sets the
+4. Reports may arrive out of order. An artifact, metrics or heartbeat report
+   before "started" implies the start: RunStarted is appended first, in the
+   same append. A "started" after that is ignored (`already_started`). A
+   terminal report from a dispatched run is applied directly.
+5. A heartbeat of a running run appends nothing (`liveness_only`): liveness
+   is the coordinator's watch, on the receiver's clock.
+6. Cancel is a request, not a terminal state: RunCancelRequested sets the
    flag once; the executor confirms with a "canceled" report (RunCanceled).
-   If "succeeded" or "failed" arrives first it wins by rule 1, and the flag
-   stays recorded. Cancelling a finished run is a conflict.
+   If "succeeded" or "failed" arrives first it wins by rule 2, and the flag
+   stays recorded; a "succeeded" after the confirmation is a conflict.
+   Cancelling a finished run is a conflict.
+7. A running run whose reports stopped is failed with reason `lost` by the
+   coordinator (`decide_lost`); a report that arrives afterwards is late by
+   rule 2.
 
 Illegal transitions never raise: `decide_report` returns `Ignored(reason)`.
-The order of reports on the bus never decides the outcome; the folded stream
-does, so a replay gives the same state.
+The order of reports on the bus never decides the outcome beyond which
+terminal event was appended first; the folded stream does, so a replay gives
+the same state.
 """
 
 from __future__ import annotations
@@ -80,6 +88,11 @@ class RunStatus(StrEnum):
 
 
 TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED})
+_TERMINAL_KINDS: dict[str, RunStatus] = {
+    "succeeded": RunStatus.SUCCEEDED,
+    "failed": RunStatus.FAILED,
+    "canceled": RunStatus.CANCELED,
+}
 
 
 class IgnoreReason(StrEnum):
@@ -94,6 +107,9 @@ class IgnoreReason(StrEnum):
     ALREADY_STARTED = "already_started"
     MISSING_PAYLOAD = "missing_payload"
     UNSTORABLE_REPORT = "unstorable_report"
+    TERMINAL_CONFLICT = "terminal_conflict"
+    LIVENESS_ONLY = "liveness_only"
+    NOT_RUNNING = "not_running"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -236,10 +252,18 @@ def _check_report(state: RunState, report: RunReport) -> IgnoreReason | None:
     if report.report_id in state.applied_reports:
         return IgnoreReason.DUPLICATE_REPORT
     if state.finished:
-        return IgnoreReason.RUN_FINISHED
+        return _late_reason(state, report)
     if report.attempt != state.attempt:
         return IgnoreReason.ATTEMPT_MISMATCH
     return _check_transition(state, report)
+
+
+def _late_reason(state: RunState, report: RunReport) -> IgnoreReason:
+    """A report after the terminal event: a conflict when it says otherwise."""
+    outcome = _TERMINAL_KINDS.get(report.kind)
+    if outcome is not None and outcome is not state.status:
+        return IgnoreReason.TERMINAL_CONFLICT
+    return IgnoreReason.RUN_FINISHED
 
 
 def _check_transition(state: RunState, report: RunReport) -> IgnoreReason | None:
@@ -247,6 +271,8 @@ def _check_transition(state: RunState, report: RunReport) -> IgnoreReason | None
         return IgnoreReason.NOT_DISPATCHED
     if report.kind == "started" and state.status is RunStatus.RUNNING:
         return IgnoreReason.ALREADY_STARTED
+    if report.kind == "heartbeat" and state.status is RunStatus.RUNNING:
+        return IgnoreReason.LIVENESS_ONLY
     if report.kind == "artifact" and report.artifact is None:
         return IgnoreReason.MISSING_PAYLOAD
     if report.kind == "metrics" and report.metrics is None:
@@ -294,6 +320,8 @@ def _events_for(state: RunState, report: RunReport) -> list[DomainEvent]:
     if report.kind == "metrics":
         metrics = {**common, "metrics": report.metrics}
         return [*_implied_start(state, common), MetricsRecorded.model_validate(metrics)]
+    if report.kind == "heartbeat":
+        return _implied_start(state, common)
     return [_terminal_event(report, common)]
 
 
@@ -319,6 +347,33 @@ def _terminal_event(report: RunReport, common: dict[str, object]) -> DomainEvent
             "exit_code": report.exit_code,
         }
     )
+
+
+def decide_lost(state: RunState, *, silent_for: float) -> list[DomainEvent] | Ignored:
+    """Fail a running run that nothing was heard from for `silent_for` seconds.
+
+    `silent_for` is measured on the coordinator's clock from the arrival of
+    the run's last report; the executor's timestamps play no part.
+    """
+    if not state.exists or state.project_id is None:
+        return Ignored(reason=IgnoreReason.UNKNOWN_RUN)
+    if state.finished:
+        return Ignored(reason=IgnoreReason.RUN_FINISHED)
+    if state.status is not RunStatus.RUNNING:
+        return Ignored(reason=IgnoreReason.NOT_RUNNING)
+    message = (
+        f"no report from the executor for {math.floor(silent_for)} s "
+        "(heartbeats stopped); the workload is presumed gone"
+    )
+    return [
+        RunFailed(
+            project_id=state.project_id,
+            run_id=state.run_id,
+            attempt=state.attempt,
+            reason="lost",
+            message=message,
+        )
+    ]
 
 
 def _failure_reason(report: RunReport) -> FailureReason:

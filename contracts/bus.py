@@ -59,8 +59,10 @@ class CancelRequested(BaseModel):
 
 
 ReportKind = Literal[
-    "started", "artifact", "metrics", "succeeded", "failed", "canceled"
+    "started", "heartbeat", "artifact", "metrics", "succeeded", "failed", "canceled"
 ]
+"""`heartbeat`: the workload is alive; it appends nothing, it only feeds the
+coordinator's liveness watch (counted on the receiver's clock)."""
 
 
 class RunReport(BaseModel):
@@ -74,6 +76,12 @@ class RunReport(BaseModel):
     seq: int = Field(ge=1)
     kind: ReportKind
     sent_at: str = Field(description="Executor clock; metadata only")
+    occurred_at: str | None = Field(
+        default=None,
+        description="When the workload did this (its exit, from the supervisor's "
+        "status file), by the executor's clock; metadata only, never used for "
+        "order or liveness",
+    )
     artifact: ArtifactInfo | None = None
     metrics: dict[str, float] | None = None
     exit_code: int | None = None

@@ -16,6 +16,7 @@ from animus.db import open_pool, with_user
 from animus.eventstore import EventStore
 from animus.settings import APP_ROLE
 from commands.coordinator import Coordinator
+from projections import ProjectorService
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,17 @@ async def coordinator(store: EventStore, bus: Bus) -> AsyncIterator[Coordinator]
     yield running
     await running.stop()
     await delete_durable(bus, durable)
+
+
+@pytest.fixture(scope="module")
+async def projector(app_pool: AsyncConnectionPool) -> AsyncIterator[ProjectorService]:
+    """The live projector over the module's database, folding into `rm`."""
+    async with ProjectorService(app_pool, poll_interval=0.02) as service:
+        yield service
+
+
+@pytest.fixture
+async def project(runs: Runs, projector: ProjectorService) -> str:
+    """The test's project, created in the log so its runs can be projected."""
+    await runs.project()
+    return runs.project_id

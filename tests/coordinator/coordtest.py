@@ -17,9 +17,9 @@ from nats.js.errors import NotFoundError
 from animus.bus import Bus
 from animus.eventstore import EventStore, NewEvent, RecordedEvent
 from contracts.bus import REPORT_STREAM, RunReport, report_subject
-from contracts.events import RunDispatched, RunPlanned, RunSubmitted
+from contracts.events import ProjectCreated, RunDispatched, RunPlanned, RunSubmitted
 from contracts.runs import ArtifactInfo, Resources, RunPlan, RunSpec
-from contracts.streams import run_stream
+from contracts.streams import project_stream, run_stream
 
 
 def digest(text: str) -> str:
@@ -44,6 +44,20 @@ class Runs:
         self.store = store
         self.bus = bus
         self.project_id = f"p-{secrets.token_hex(4)}"
+
+    async def project(self) -> None:
+        """Append ProjectCreated, which the projected runs refer to."""
+        await self.store.append(
+            [
+                NewEvent(
+                    stream_type="project",
+                    stream_id=project_stream(self.project_id),
+                    project_id=self.project_id,
+                    event=ProjectCreated(project_id=self.project_id, name="test"),
+                )
+            ],
+            metadata={"actor": "test"},
+        )
 
     def new_id(self) -> str:
         return f"run-{secrets.token_hex(6)}"
