@@ -5,6 +5,14 @@ transaction (group commit). The transaction takes an advisory lock that
 orders the chain, reads the head under it, checks every stream's expected
 version, assigns gap-free positions, writes the rows with COPY and commits;
 each caller is answered after the commit.
+
+Work that does not depend on the chain is done by each caller before it
+queues: event ids, payloads and the canonical envelope around the three
+fields the appender places (position, stream version, time). Under the lock
+the appender only splices those in, hashes and streams rows into COPY, so
+the server indexes one chunk while the next is hashed. A transaction costs
+four round trips: BEGIN with the lock, the head with the streams' versions,
+COPY, and NOTIFY with COMMIT.
 """
 
 from __future__ import annotations
@@ -17,11 +25,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+import rfc8785
 import structlog
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from animus.chain import GENESIS_HASH, canonical_envelope, link_hash
+from animus.chain import (
+    GENESIS_HASH,
+    EnvelopeTemplate,
+    canonical_text,
+    format_timestamp,
+    link_hash,
+)
 from animus.db import translate_db_errors
 from animus.errors import AnimusError, StoreError, StreamVersionConflict
 from contracts.events import DomainEvent
@@ -32,9 +48,10 @@ CHAIN_LOCK_KEY = 0x616E696D7573  # "animus"
 EVENTS_CHANNEL = "animus_events"  # NOTIFY channel: payload is the new head position
 ANY_VERSION = -1
 
-_COLUMNS = (
-    "position, event_id, stream_type, stream_id, stream_version, project_id, "
-    "type, schema_version, recorded_at, canonical, prev_hash, hash"
+_COPY = (
+    "COPY events (position, event_id, stream_type, stream_id, stream_version, "
+    "project_id, type, schema_version, recorded_at, canonical, prev_hash, hash) "
+    "FROM STDIN"
 )
 
 
@@ -65,12 +82,38 @@ class RecordedEvent:
     hash: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PreparedEvent:
+    """An event with everything decided that does not need the chain lock."""
+
+    new: NewEvent
+    event_id: uuid.UUID
+    data: dict[str, Any]
+    template: EnvelopeTemplate
+
+
 @dataclass(kw_only=True)
 class _AppendRequest:
-    events: Sequence[NewEvent]
+    events: Sequence[_PreparedEvent]
     expected_versions: Mapping[str, int]
-    metadata: Mapping[str, Any]
+    metadata: dict[str, Any]
     future: asyncio.Future[list[RecordedEvent]] = field(repr=False)
+
+
+def _prepare(new: NewEvent, metadata_text: str) -> _PreparedEvent:
+    event_id = uuid.uuid4()
+    data = new.event.model_dump(mode="json")
+    template = EnvelopeTemplate.build(
+        event_id=str(event_id),
+        stream_type=new.stream_type,
+        stream_id=new.stream_id,
+        project_id=new.project_id,
+        event_type=new.event.event_type,
+        schema_version=new.event.schema_version,
+        data_text=canonical_text(data),
+        metadata_text=metadata_text,
+    )
+    return _PreparedEvent(new=new, event_id=event_id, data=data, template=template)
 
 
 def _row_to_event(row: Sequence[Any]) -> RecordedEvent:
@@ -144,23 +187,15 @@ class EventStore:
 
         Raises:
             StreamVersionConflict: a stream moved past its expected version.
-            StoreError: the database failed.
+            StoreError: the database failed, or a payload has no canonical
+                form (RFC 8785).
         """
         if not events:
             return []
         self.start()
-        future: asyncio.Future[list[RecordedEvent]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._queue.put_nowait(
-            _AppendRequest(
-                events=events,
-                expected_versions=expected_versions or {},
-                metadata=dict(metadata or {}),
-                future=future,
-            )
-        )
-        return await future
+        request = _request(events, expected_versions or {}, dict(metadata or {}))
+        self._queue.put_nowait(request)
+        return await request.future
 
     async def _run(self) -> None:
         while True:
@@ -198,34 +233,14 @@ class EventStore:
         self, batch: list[_AppendRequest]
     ) -> list[list[RecordedEvent] | Exception]:
         with translate_db_errors():
-            async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK_KEY,)
-                )
-                position, head = await _read_head(conn)
-                versions = await _stream_versions(conn, batch)
-                results: list[list[RecordedEvent] | Exception] = []
-                rows: list[tuple[Any, ...]] = []
-                now = datetime.now(UTC)
-                for request in batch:
-                    planned = _plan_request(request, versions)
-                    if isinstance(planned, Exception):
-                        results.append(planned)
-                        continue
-                    recorded = []
-                    for new, version in planned:
-                        position += 1
-                        event, row = _build(new, version, position, head, now, request)
-                        head = event.hash
-                        recorded.append(event)
-                        rows.append(row)
-                    results.append(recorded)
-                if rows:
-                    await _copy_rows(conn, rows)
-                    # delivered at commit; wakes projectors without polling
-                    await conn.execute(
-                        "SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, str(position))
-                    )
+            async with self._pool.connection() as conn:
+                try:
+                    await conn.execute(_BEGIN_LOCKED)
+                    results, written, last = await _write_batch(conn, batch)
+                    await conn.execute(_commit_statement(written, last))
+                except BaseException:
+                    await _rollback(conn)
+                    raise
         return results
 
     async def read_all(
@@ -260,33 +275,109 @@ class EventStore:
         return int(row[0]) if row else 0
 
 
-async def _read_head(conn: AsyncConnection[Any]) -> tuple[int, bytes]:
-    cur = await conn.execute(
-        "SELECT position, hash FROM events ORDER BY position DESC LIMIT 1"
+def _request(
+    events: Sequence[NewEvent],
+    expected_versions: Mapping[str, int],
+    metadata: dict[str, Any],
+) -> _AppendRequest:
+    """Prepare a caller's events; a payload without a JCS form fails here."""
+    try:
+        metadata_text = canonical_text(metadata)
+        prepared = [_prepare(new, metadata_text) for new in events]
+    except rfc8785.CanonicalizationError as exc:
+        raise StoreError(f"event has no canonical form: {exc}") from exc
+    return _AppendRequest(
+        events=prepared,
+        expected_versions=expected_versions,
+        metadata=metadata,
+        future=asyncio.get_running_loop().create_future(),
     )
-    row = await cur.fetchone()
-    if row is None:
-        return 0, GENESIS_HASH
-    return int(row[0]), bytes(row[1])
 
 
-async def _stream_versions(
+# One simple-protocol query, so BEGIN and the lock cost one round trip. The
+# head is read by the next statement: its snapshot is taken after the lock.
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY})"
+
+_HEAD_AND_VERSIONS = (
+    "(SELECT NULL::text, position, hash FROM events "
+    "ORDER BY position DESC LIMIT 1) "
+    "UNION ALL "
+    "SELECT stream_id, max(stream_version), NULL FROM events "
+    "WHERE stream_id = ANY(%s) GROUP BY stream_id"
+)
+
+
+def _commit_statement(written: int, last_position: int) -> str:
+    """COMMIT, after a NOTIFY of the new head when rows were written.
+
+    NOTIFY is delivered at commit, so readers get one wake-up per batch.
+    """
+    if not written:
+        return "COMMIT"
+    return f"SELECT pg_notify('{EVENTS_CHANNEL}', '{int(last_position)}'); COMMIT"
+
+
+async def _rollback(conn: AsyncConnection[Any]) -> None:
+    if conn.closed:
+        return
+    with contextlib.suppress(psycopg.Error):
+        await conn.execute("ROLLBACK")
+
+
+async def _read_head_and_versions(
     conn: AsyncConnection[Any], batch: list[_AppendRequest]
-) -> dict[str, int]:
-    stream_ids = sorted({e.stream_id for r in batch for e in r.events})
-    cur = await conn.execute(
-        "SELECT stream_id, max(stream_version) FROM events "
-        "WHERE stream_id = ANY(%s) GROUP BY stream_id",
-        (stream_ids,),
-    )
+) -> tuple[int, bytes, dict[str, int]]:
+    """The chain head and each touched stream's version, under the lock."""
+    stream_ids = sorted({e.new.stream_id for r in batch for e in r.events})
+    cur = await conn.execute(_HEAD_AND_VERSIONS, (stream_ids,), prepare=False)
+    position, head = 0, GENESIS_HASH
     versions = {stream_id: 0 for stream_id in stream_ids}
-    versions.update({row[0]: int(row[1]) for row in await cur.fetchall()})
-    return versions
+    for stream_id, number, digest in await cur.fetchall():
+        if stream_id is None:
+            position, head = int(number), bytes(digest)
+        else:
+            versions[stream_id] = int(number)
+    return position, head, versions
+
+
+async def _write_batch(
+    conn: AsyncConnection[Any], batch: list[_AppendRequest]
+) -> tuple[list[list[RecordedEvent] | Exception], int, int]:
+    """Place, hash and COPY every event of the batch.
+
+    Returns each request's events (or its conflict), the number of rows
+    written and the last position.
+
+    Rows stream to the server as they are hashed; a request whose expected
+    versions are stale gets its conflict and writes nothing.
+    """
+    position, head, versions = await _read_head_and_versions(conn, batch)
+    now = datetime.now(UTC)
+    stamp = format_timestamp(now)
+    results: list[list[RecordedEvent] | Exception] = []
+    first = position
+    async with conn.cursor() as cur, cur.copy(_COPY) as copy:
+        for request in batch:
+            planned = _plan_request(request, versions)
+            if isinstance(planned, Exception):
+                results.append(planned)
+                continue
+            recorded = []
+            for prepared, version in planned:
+                position += 1
+                event, row = _place(
+                    prepared, request, version, position, head, now, stamp
+                )
+                await copy.write_row(row)
+                recorded.append(event)
+                head = event.hash
+            results.append(recorded)
+    return results, position - first, position
 
 
 def _plan_request(
     request: _AppendRequest, versions: dict[str, int]
-) -> list[tuple[NewEvent, int]] | Exception:
+) -> list[tuple[_PreparedEvent, int]] | Exception:
     """Check expected versions and assign each event its stream version."""
     for stream_id, expected in request.expected_versions.items():
         current = versions.get(stream_id, 0)
@@ -295,55 +386,46 @@ def _plan_request(
                 f"stream {stream_id} is at version {current}, expected {expected}"
             )
     planned = []
-    for new in request.events:
-        versions[new.stream_id] = versions.get(new.stream_id, 0) + 1
-        planned.append((new, versions[new.stream_id]))
+    for prepared in request.events:
+        stream_id = prepared.new.stream_id
+        versions[stream_id] = versions.get(stream_id, 0) + 1
+        planned.append((prepared, versions[stream_id]))
     return planned
 
 
-def _build(
-    new: NewEvent,
+def _place(
+    prepared: _PreparedEvent,
+    request: _AppendRequest,
     stream_version: int,
     position: int,
     prev_hash: bytes,
     now: datetime,
-    request: _AppendRequest,
+    stamp: str,
 ) -> tuple[RecordedEvent, tuple[Any, ...]]:
-    event_id = uuid.uuid4()
-    data = new.event.model_dump(mode="json")
-    metadata = dict(request.metadata)
-    canonical = canonical_envelope(
-        position=position,
-        event_id=str(event_id),
-        stream_type=new.stream_type,
-        stream_id=new.stream_id,
-        stream_version=stream_version,
-        project_id=new.project_id,
-        event_type=new.event.event_type,
-        schema_version=new.event.schema_version,
-        data=data,
-        metadata=metadata,
-        recorded_at=now,
+    """The event at its position, and its row for COPY (see `_COPY`)."""
+    new = prepared.new
+    canonical = prepared.template.render(
+        position=position, stream_version=stream_version, recorded_at=stamp
     )
-    digest = link_hash(prev_hash, canonical)
+    digest = link_hash(prev_hash, canonical.encode("utf-8"))
     event = RecordedEvent(
         position=position,
-        event_id=event_id,
+        event_id=prepared.event_id,
         stream_type=new.stream_type,
         stream_id=new.stream_id,
         stream_version=stream_version,
         project_id=new.project_id,
         type=new.event.event_type,
         schema_version=new.event.schema_version,
-        data=data,
-        metadata=metadata,
+        data=prepared.data,
+        metadata=request.metadata,
         recorded_at=now,
         prev_hash=prev_hash,
         hash=digest,
     )
     row = (
         position,
-        event_id,
+        prepared.event_id,
         new.stream_type,
         new.stream_id,
         stream_version,
@@ -351,15 +433,8 @@ def _build(
         event.type,
         event.schema_version,
         now,
-        canonical.decode(),
+        canonical,
         prev_hash,
         digest,
     )
     return event, row
-
-
-async def _copy_rows(conn: AsyncConnection[Any], rows: list[tuple[Any, ...]]) -> None:
-    async with conn.cursor() as cur:
-        async with cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy:
-            for row in rows:
-                await copy.write_row(row)
