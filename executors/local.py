@@ -31,6 +31,12 @@ SIGTERM to the workload's processes and SIGKILL after a grace period.
 Out-of-memory is recognised from RLIMIT_AS failures (MemoryError, ENOMEM,
 bad_alloc in the log tail) or a SIGKILL the executor did not send.
 
+While a workload runs, a `heartbeat` report goes out every
+`run_heartbeat_seconds`, paced by the monotonic clock, so a step of the wall
+clock neither stops nor bunches them. Terminal reports carry the workload's
+exit time from `status.json` as `occurred_at` (metadata for the control
+plane; a finish recorded after a restart keeps the time the workload ended).
+
 The launch message stays unacknowledged, its ack extended with in-progress
 heartbeats, until every report of the attempt is published; a crash or a
 graceful stop therefore leads to redelivery and adoption, not to a rerun.
@@ -333,6 +339,7 @@ class _Outcome:
     reason: FailureReason | None = None
     exit_code: int | None = None
     message: str = ""
+    occurred_at: str | None = None  # the workload's exit, executor clock
 
 
 @dataclass(kw_only=True)
@@ -368,6 +375,7 @@ class LocalExecutor:
         cancel_grace: float = 5.0,
         poll_interval: float = 0.1,
         progress_interval: float = ACK_WAIT_SECONDS / 4,
+        heartbeat_interval: float | None = None,
         extra_rw_binds: Iterable[tuple[Path, str]] = (),
     ) -> None:
         self._bus = bus
@@ -379,6 +387,7 @@ class LocalExecutor:
         self._grace = cancel_grace
         self._poll = poll_interval
         self._progress_interval = progress_interval
+        self._heartbeat = heartbeat_interval or settings.run_heartbeat_seconds
         self._extra_rw_binds = tuple(extra_rw_binds)
         self._active: dict[tuple[str, int], _Attempt] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -821,9 +830,13 @@ class LocalExecutor:
         ws = attempt.workspace
         deadline = workload.create_time + attempt.launch.plan.timeout_seconds
         killed_for = self._kill_reason(ws)
+        next_beat = time.monotonic() + self._heartbeat
         while not await workload.wait(self._poll):
             if self._detach.is_set():
                 raise _Detached()
+            if time.monotonic() >= next_beat:
+                await self._beat(attempt)
+                next_beat = time.monotonic() + self._heartbeat
             if killed_for is not None:
                 continue
             if self._cancelled(attempt):
@@ -838,9 +851,18 @@ class LocalExecutor:
         log.info("workload_exited")
         await self._conclude(attempt, killed_for=killed_for)
 
+    async def _beat(self, attempt: _Attempt) -> None:
+        """Say the workload is alive; a bus outage only skips this one."""
+        try:
+            await self._report(attempt, "heartbeat", tries=1)
+        except BusError as exc:
+            log.warning("heartbeat_publish_failed", error=exc.detail)
+
     async def _conclude(self, attempt: _Attempt, *, killed_for: str | None) -> None:
         status = _read_json(attempt.workspace.status)
-        await self._conclude_with(attempt, self._outcome(attempt, status, killed_for))
+        outcome = self._outcome(attempt, status, killed_for)
+        outcome.occurred_at = _exit_time(status)
+        await self._conclude_with(attempt, outcome)
 
     def _outcome(
         self, attempt: _Attempt, status: dict[str, Any] | None, killed_for: str | None
@@ -948,6 +970,7 @@ class LocalExecutor:
                 exit_code=outcome.exit_code,
                 reason=outcome.reason,
                 message=outcome.message[-MESSAGE_TAIL_CHARS:],
+                occurred_at=outcome.occurred_at,
             )
         _write_json(
             attempt.workspace.outcome,
@@ -957,7 +980,9 @@ class LocalExecutor:
 
     # -- reports -------------------------------------------------------------
 
-    async def _report(self, attempt: _Attempt, kind: str, **fields: Any) -> RunReport:
+    async def _report(
+        self, attempt: _Attempt, kind: str, *, tries: int = 8, **fields: Any
+    ) -> RunReport:
         seq = max(attempt.journal, default=0) + 1
         report = RunReport.model_validate(
             {
@@ -973,16 +998,18 @@ class LocalExecutor:
         )
         attempt.workspace.append_journal(report)
         attempt.journal[seq] = report
-        await self._publish(report)
+        await self._publish(report, tries=tries)
         return report
 
     async def _resend(self, attempt: _Attempt) -> None:
+        """Publish the journal again (same ids); past heartbeats say nothing."""
         for seq in sorted(attempt.journal):
-            await self._publish(attempt.journal[seq])
+            if attempt.journal[seq].kind != "heartbeat":
+                await self._publish(attempt.journal[seq])
 
-    async def _publish(self, report: RunReport) -> None:
+    async def _publish(self, report: RunReport, *, tries: int = 8) -> None:
         delay = 0.2
-        for tries in range(8):
+        for tried in range(tries):
             try:
                 await self._bus.publish(
                     report_subject(report.run_id),
@@ -991,7 +1018,7 @@ class LocalExecutor:
                 )
                 return
             except BusError as exc:
-                if tries == 7:
+                if tried == tries - 1:
                     raise
                 log.warning("report_publish_retry", seq=report.seq, error=str(exc))
                 await asyncio.sleep(delay)
@@ -1093,6 +1120,15 @@ def _read_metrics(path: Path) -> dict[str, float]:
         and math.isfinite(float(value))
         and "\x00" not in str(key)
     }
+
+
+def _exit_time(status: dict[str, Any] | None) -> str | None:
+    """The workload's exit time recorded by the shim, as ISO 8601 UTC."""
+    finished = status.get("finished_at") if isinstance(status, dict) else None
+    if not isinstance(finished, int | float) or not math.isfinite(finished):
+        return None
+    stamp = datetime.fromtimestamp(finished, UTC)
+    return stamp.isoformat().replace("+00:00", "Z")
 
 
 def _log_tail(path: Path, limit: int = MESSAGE_TAIL_CHARS) -> str:

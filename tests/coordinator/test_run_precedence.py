@@ -204,3 +204,39 @@ class TestReplayAfterLateReports:
         assert report.equal, report.tables
         assert report.skipped == ()
         assert (live["status"], live["failure_reason"]) == ("failed", "nonzero_exit")
+
+
+class TestPoisonTerminalReports:
+    async def test_a_lone_surrogate_and_a_nul_in_the_message_still_finish_the_run(
+        self,
+        runs: Runs,
+        bus: Bus,
+        coordinator: Coordinator,
+        app_pool: AsyncConnectionPool,
+        store: EventStore,
+        project: str,
+        fresh_database: str,
+    ) -> None:
+        """C13: pydantic's JSON parser refuses the surrogate escape; the report
+        is still read, its text stored with U+FFFD, and replay decodes it."""
+        run_id = runs.new_id()
+        await runs.dispatched(run_id)
+        seen = Observer(runs, bus, coordinator, app_pool, store)
+        report = runs.report(run_id, "failed", seq=2, exit_code=1)
+        raw = report.model_dump_json().replace(
+            '"message":""', '"message":"col\\u0000umn \\ud800 tail"'
+        )
+        assert "\\ud800" in raw
+
+        await runs.publish_raw(run_id, raw.encode())
+        await eventually(
+            lambda: drained(bus, coordinator.durable), what="the poison settled"
+        )
+        run = await seen.get(run_id)
+        after = await seen.send(runs.report(run_id, "heartbeat", seq=3))
+
+        assert run["status"] == after["status"] == "failed"
+        assert run["failure_message"] == "col\ufffdumn \ufffd tail"
+        assert (await runs.events(run_id))[-1].data["report_id"] == report.report_id
+        replayed = await replay(fresh_database)
+        assert replayed.equal and replayed.skipped == ()

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
+
 from animus.bus import Bus, fetch_batch
+from animus.eventstore import EventStore, NewEvent, RecordedEvent
 from animus.settings import Settings
 from animus.storage import BlobStore
+from commands.coordinator import Coordinator
 from contracts.bus import (
     REPORT_STREAM,
     CancelRequested,
@@ -24,8 +28,12 @@ from contracts.bus import (
     launch_subject,
     report_subject,
 )
-from contracts.runs import ResolvedInput, Resources, RunPlan
+from contracts.events import ProjectCreated, RunDispatched, RunPlanned, RunSubmitted
+from contracts.runs import ResolvedInput, Resources, RunPlan, RunSpec
+from contracts.streams import project_stream, run_stream
 from executors.local import LocalExecutor
+from projections import wait_for_position
+from projections.queries import get_run
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -171,3 +179,72 @@ class Harness:
         finally:
             await sub.unsubscribe()
         return found
+
+
+@dataclass
+class ControlPlane:
+    """The event store, a coordinator and the projector behind an executor."""
+
+    store: EventStore
+    pool: AsyncConnectionPool
+    coordinator: Coordinator
+    project_id: str = "proj-exec"
+
+    async def create_project(self) -> None:
+        await self.store.append(
+            [
+                NewEvent(
+                    stream_type="project",
+                    stream_id=project_stream(self.project_id),
+                    project_id=self.project_id,
+                    event=ProjectCreated(project_id=self.project_id, name="exec"),
+                )
+            ],
+            metadata={"actor": "test"},
+        )
+
+    async def dispatched(self, launch: LaunchRequested) -> None:
+        """Append what submission appends for `launch` (as the relay's source)."""
+        plan = launch.plan
+        common = {"project_id": launch.project_id, "run_id": launch.run_id}
+        spec = RunSpec(command=plan.command, timeout_seconds=plan.timeout_seconds)
+        events = [
+            RunSubmitted(**common, spec=spec, spec_hash=plan.spec_hash),
+            RunPlanned(**common, plan=plan, plan_hash=launch.plan_hash),
+            RunDispatched(**common, attempt=launch.attempt, executor=plan.executor),
+        ]
+        await self.store.append(
+            [
+                NewEvent(
+                    stream_type="run",
+                    stream_id=run_stream(launch.run_id),
+                    project_id=launch.project_id,
+                    event=event,
+                )
+                for event in events
+            ],
+            metadata={"actor": "test"},
+        )
+
+    async def events(self, run_id: str) -> list[RecordedEvent]:
+        return await self.store.read_stream(run_stream(run_id))
+
+    async def until(
+        self, run_id: str, event_types: Sequence[str], *, timeout: float = 30
+    ) -> list[RecordedEvent]:
+        """The run's events once one of `event_types` is among them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            events = await self.events(run_id)
+            if any(e.type in event_types for e in events):
+                return events
+            await asyncio.sleep(0.1)
+        kinds = [e.type for e in await self.events(run_id)]
+        raise AssertionError(f"no {event_types} for {run_id} in {timeout}s: {kinds}")
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """GET run, once the projector folded everything appended so far."""
+        head = await self.store.head_position()
+        assert await wait_for_position(self.pool, head, timeout=15)
+        return dict(await get_run(self.pool, self.project_id, run_id))

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -168,13 +167,14 @@ async def test_nonzero_exit_reports_failed_with_the_code(harness: Harness) -> No
 
 async def test_timeout_kills_and_reports_failed_timeout(harness: Harness) -> None:
     launch = make_launch(python("import time; time.sleep(60)"), timeout_seconds=1)
-    started = time.monotonic()
     async with harness.running():
         await harness.launch(launch)
-        reports = await harness.reports(launch.run_id)
-    assert time.monotonic() - started < 15
+        reports = await harness.reports(launch.run_id, timeout=15)
     assert reports[-1].kind == "failed"
     assert reports[-1].reason == "timeout"
+    ws = workspace(harness, launch.run_id)
+    assert json.loads(ws.kill.read_text())["reason"] == "timeout"
+    assert json.loads(ws.status.read_text())["exit_code"] != 0  # killed, not done
 
 
 async def test_memory_hog_over_the_limit_fails(harness: Harness) -> None:
@@ -430,11 +430,10 @@ async def test_a_killed_executor_leaves_workloads_that_a_new_one_adopts(
             break
         await asyncio.sleep(0.1)
     assert ws_quick.status.exists() and not ws_slow.status.exists()
-    began = time.monotonic()
     async with harness.running():
+        # 20 s is well inside the 60 s ack wait: recovery at start adopts them
         quick_reports = await harness.reports(quick.run_id, timeout=20)
         slow_reports = await harness.reports(slow.run_id, timeout=20)
-    assert time.monotonic() - began < 20  # well inside the 60 s ack wait
     assert quick_reports[-1].kind == "succeeded"
     assert slow_reports[-1].kind == "succeeded"
     for reports in (quick_reports, slow_reports):
