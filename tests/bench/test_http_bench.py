@@ -26,7 +26,7 @@ import pytest
 from animus.embedded import free_port
 from animus.migrate import migrate
 
-CLIENTS = 32
+CLIENTS = int(os.environ.get("ANIMUS_BENCH_HTTP_CLIENTS", "32"))
 REQUESTS = int(os.environ.get("ANIMUS_BENCH_HTTP_REQUESTS", "4000"))
 PGBENCH_SECONDS = int(os.environ.get("ANIMUS_BENCH_PGBENCH_SECONDS", "10"))
 TOKEN = "dev-token"

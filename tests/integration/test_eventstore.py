@@ -15,6 +15,7 @@ from animus.db import open_pool, with_user
 from animus.errors import StreamVersionConflict
 from animus.eventstore import EventStore, NewEvent
 from animus.migrate import migrate
+from animus import verify
 from animus.verify import verify_chain
 from contracts.events import DatasetRegistered, ProjectCreated
 
@@ -256,6 +257,31 @@ class TestVerify:
         result = verify_chain(tampered_db)
         assert result.first_break is not None
         assert result.first_break.position in (9, 10)
+
+    @pytest.mark.parametrize("ranges", [7, 10, 1000])
+    def test_breaks_at_range_boundaries_are_found(
+        self, tampered_db: str, ranges: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Ranges are checked apart; a break on their seams must still show."""
+        monkeypatch.setattr(verify, "RANGE_EVENTS", ranges)
+        assert verify_chain(tampered_db).events == 30
+        tamper(
+            tampered_db,
+            "UPDATE events SET prev_hash = hash WHERE position = 21",
+            "DELETE FROM events WHERE position = 10",
+        )
+        result = verify_chain(tampered_db)
+        assert result.first_break is not None
+        assert result.first_break.position == (10 if ranges == 10 else 11)
+        assert "gap" in result.first_break.reason
+        assert result.events == result.first_break.position - 1
+
+    def test_a_forged_prev_hash_column_is_named(self, tampered_db: str) -> None:
+        tamper(tampered_db, "UPDATE events SET prev_hash = hash WHERE position = 21")
+        result = verify_chain(tampered_db)
+        assert result.first_break is not None
+        assert result.first_break.position == 21
+        assert "prev_hash" in result.first_break.reason
 
     def test_animus_verify_prints_the_broken_position(self, tampered_db: str) -> None:
         tamper(
