@@ -10,12 +10,12 @@ import uuid
 import psycopg
 import pytest
 
+from animus import verify
 from animus.chain import GENESIS_HASH
 from animus.db import open_pool, with_user
 from animus.errors import StreamVersionConflict
 from animus.eventstore import EventStore, NewEvent
 from animus.migrate import migrate
-from animus import verify
 from animus.verify import verify_chain
 from contracts.events import DatasetRegistered, ProjectCreated
 
