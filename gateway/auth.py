@@ -103,9 +103,10 @@ class PermissionGuard:
     def __init__(self, authenticator: DevTokenAuthenticator) -> None:
         self._authenticator = authenticator
 
-    def __call__(
+    async def __call__(
         self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
     ) -> None:
+        # async, so Litestar calls it inline instead of in a worker thread
         if is_generated_options(handler):
             return
         permission = declared_permission(handler)
