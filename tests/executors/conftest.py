@@ -18,7 +18,7 @@ from animus.bus import Bus, connect_bus
 from animus.db import open_pool, with_user
 from animus.eventstore import EventStore
 from animus.settings import APP_ROLE, Settings
-from animus.storage import READ_CHUNK, BlobStore
+from animus.storage import BlobStore
 from commands.coordinator import Coordinator
 from contracts.bus import REPORT_STREAM
 from projections import ProjectorService
@@ -43,27 +43,6 @@ async def store(services: Any) -> AsyncIterator[BlobStore]:
     ) as s:
         await s.ensure_bucket()
         yield s
-
-
-async def _iter_object_fixed(self: BlobStore, key: str) -> AsyncIterator[bytes]:
-    answer = await self._call("get_object", Bucket=self.bucket, Key=key)
-    body = answer["Body"]
-    try:
-        while chunk := await body.read(READ_CHUNK):
-            yield chunk
-    finally:
-        body.close()
-
-
-@pytest.fixture(autouse=True)
-def _fixed_iter_object(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stand-in for a fix of `BlobStore.iter_object` in animus/storage.py.
-
-    There, `async with answer["Body"] as body` yields aiohttp's ClientResponse,
-    whose `read()` takes no size, so every download raises TypeError. Remove
-    this fixture once animus/storage.py reads the StreamingBody directly.
-    """
-    monkeypatch.setattr(BlobStore, "iter_object", _iter_object_fixed)
 
 
 @pytest.fixture
