@@ -392,11 +392,11 @@ def run_demo(settings: Settings, *, as_json: bool) -> int:
         print(json.dumps(result, sort_keys=True))
     else:
         _report(console, result)
-        if stack is not None:
-            console.print(
-                f"To explore, keep one running: `animus up`, then the API at {url} "
-                f"and its docs at {url}/schema/swagger"
-            )
+    if stack is not None:  # on stderr with --json, beside the JSON
+        console.print(
+            f"To explore, keep one running: `animus up`, then the API at {url} "
+            f"and its docs at {url}/schema/swagger"
+        )
     ok = (
         result["status"] == "succeeded"
         and result["rerun"]["model_sha256_equal"]
