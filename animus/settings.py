@@ -6,6 +6,9 @@ Services left unset (database, NATS, S3) are started embedded by `animus up`.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -98,8 +101,36 @@ class Settings(BaseSettings):
         return self.executor_workdir or self.home / "executor"
 
 
+# ANIMUS_* variables that are not settings: the ones the executor hands to
+# workloads, and the test suite's and benchmarks' own.
+_NOT_SETTINGS = ("ANIMUS_TEST_", "ANIMUS_BENCH_")
+WORKLOAD_VARIABLES = frozenset(
+    {"ANIMUS_RUN_ID", "ANIMUS_ATTEMPT", "ANIMUS_INPUTS", "ANIMUS_OUTPUTS"}
+    | {"ANIMUS_PARAMS"}
+)
+
+
+def check_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Refuse an `ANIMUS_` variable that names no setting (a typo, usually).
+
+    Raises:
+        ConfigurationError: naming the variable and the closest setting.
+    """
+    known = {f"ANIMUS_{name.upper()}" for name in Settings.model_fields}
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("ANIMUS_") or upper in known:
+            continue
+        if upper.startswith(_NOT_SETTINGS) or upper in WORKLOAD_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigurationError(f"{variable}: not a setting{hint}")
+
+
 def load_settings(**overrides: object) -> Settings:
     """Load settings, turning any mistake into one ConfigurationError line."""
+    check_unknown_variables(os.environ)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except PydanticValidationError as exc:

@@ -51,6 +51,16 @@ class TestWrongSettings:
         assert "production" in line
 
 
+    @pytest.mark.parametrize("process", ["gateway", "up", "verify"])
+    def test_a_mistyped_variable_is_named_with_the_setting_it_resembles(
+        self, tmp_path: Path, process: str
+    ) -> None:
+        done = animus(tmp_path, process, ANIMUS_NATS_ULR="nats://127.0.0.1:1")
+        assert done.returncode == 2
+        assert one_line(done) == (
+            "animus: ANIMUS_NATS_ULR: not a setting (did you mean ANIMUS_NATS_URL?)"
+        )
+
 class TestUnreachableServices:
     def test_an_unreachable_database_is_one_line_without_the_password(
         self, tmp_path: Path
