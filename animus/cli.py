@@ -65,12 +65,24 @@ def _run_process(name: str, settings: Settings) -> int:
 
 
 def _verify(settings: Settings) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from animus.db import app_dsn
     from animus.stack import resolve_services
     from animus.verify import verify_chain
 
     settings = resolve_services(settings)
-    result = verify_chain(app_dsn(settings))
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verify", total=None)
+        result = verify_chain(
+            app_dsn(settings), progress=lambda done: bar.advance(task, done)
+        )
     if result.verified:
         print(f"chain verified: {result.events} events, head {result.head_hash.hex()}")
         return 0
