@@ -29,7 +29,14 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError as JsNotFound
 
 from animus.errors import BusError
-from contracts.bus import CONTROL_STREAM, EVENTS_STREAM, LAUNCH_STREAM, REPORT_STREAM
+from contracts.bus import (
+    CONTROL_STREAM,
+    DEAD_LETTER_PREFIX,
+    DEAD_LETTER_STREAM,
+    EVENTS_STREAM,
+    LAUNCH_STREAM,
+    REPORT_STREAM,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +73,13 @@ STREAMS: tuple[StreamConfig, ...] = (
         storage=StorageType.FILE,
         duplicate_window=DEDUPE_WINDOW_SECONDS,
     ),
+    StreamConfig(
+        name=DEAD_LETTER_STREAM,
+        subjects=[DEAD_LETTER_PREFIX + ">"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=DEDUPE_WINDOW_SECONDS,
+    ),
 )
 
 
@@ -96,12 +110,21 @@ class Bus:
                 raise BusError(f"cannot set up stream {config.name}: {exc}") from exc
 
     async def publish(
-        self, subject: str, payload: bytes, *, msg_id: str, timeout: float = 10
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        timeout: float = 10,
+        headers: dict[str, str] | None = None,
     ) -> PublishAck:
         """Publish with a dedupe id and wait for the stream's acknowledgement."""
         try:
             ack = await self.js.publish(
-                subject, payload, timeout=timeout, headers={"Nats-Msg-Id": msg_id}
+                subject,
+                payload,
+                timeout=timeout,
+                headers={**(headers or {}), "Nats-Msg-Id": msg_id},
             )
         except nats.errors.Error as exc:
             raise BusError(f"publish to {subject} failed: {exc}") from exc

@@ -8,6 +8,15 @@ found to change nothing. Transient failures put it back with a delay, so no
 report is lost; a redelivered report is a duplicate by the folded state, so
 none yields a second event.
 
+A poison report (one that does not parse, names another run than its
+subject, holds ids the event store cannot keep, or whose events keep failing
+to append with a permanent error) never stalls the consumer: it is
+republished byte for byte to `animus.deadletter.report.<run_id>`, recorded as
+ReportRejected (on the run's stream while the run is open, else on the
+coordinator's stream), and only then terminated. If it claims to be the
+terminal report of the run's current attempt, the run fails at once with
+reason `report_rejected` (commands/NOTES.md).
+
 Alongside, a liveness watch follows the log for running runs and taps every
 report as it is published (a plain subscription, so each coordinator sees
 all of them even when they share the durable consumer). Silence is measured
@@ -21,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, get_args
 
 import pydantic
 import structlog
@@ -39,7 +50,13 @@ from animus.bus import (
     fetch_batch,
     settle,
 )
-from animus.errors import AnimusError, BusError, StreamVersionConflict
+from animus.errors import (
+    AnimusError,
+    BusError,
+    ConflictError,
+    StreamVersionConflict,
+    TransientStoreError,
+)
 from animus.eventstore import EventStore, NewEvent, RecordedEvent
 from commands.run import (
     STREAM_TYPE,
@@ -47,22 +64,37 @@ from commands.run import (
     Ignored,
     IgnoreReason,
     Outcome,
+    Rejection,
     RunState,
+    claimed_attempt,
     decide_lost,
+    decide_rejection,
     decide_report,
     fold_run,
+    message_key,
     screen_report,
     storable_text,
 )
 from contracts.bus import (
     REPORT_STREAM,
     CancelRequested,
+    ReportKind,
     RunReport,
     cancel_subject,
+    dead_letter_subject,
     report_subject,
 )
-from contracts.events import TERMINAL_RUN_EVENTS, DomainEvent
-from contracts.streams import run_stream
+from contracts.events import (
+    TERMINAL_RUN_EVENTS,
+    DomainEvent,
+    RejectReason,
+    ReportRejected,
+)
+from contracts.streams import (
+    COORDINATOR_STREAM_TYPE,
+    REJECTED_REPORTS_STREAM,
+    run_stream,
+)
 
 __all__ = ["Coordinator", "CoordinatorState", "LivenessWatch"]
 
@@ -81,6 +113,13 @@ IN_PROGRESS_AFTER = ACK_WAIT_SECONDS / 3
 LOST_AFTER = 60.0
 READ_PAGE = 1000
 _EXECUTOR_TIME_LIMIT = 64
+UNAPPLIABLE_AFTER = 5
+"""Deliveries of a report whose events fail to append with a permanent error
+(not a lost connection or a lost race) before it is dead-lettered."""
+_TRANSIENT = (TransientStoreError, ConflictError, BusError, TimeoutError, OSError)
+_SUBJECT_PREFIX = "animus.report."
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_REPORT_KINDS = frozenset(get_args(ReportKind))
 _LIVE_EVENTS = frozenset({"RunStarted", "ArtifactRecorded", "MetricsRecorded"})
 SUSPICIOUS = frozenset(
     {
@@ -199,6 +238,7 @@ class Coordinator:
         self.ignored = 0
         self.rejected = 0
         self.redelivered = 0
+        self.dead_lettered = 0
 
     @property
     def state(self) -> CoordinatorState:
@@ -309,6 +349,70 @@ class Coordinator:
             await self._kill_leftover(state)
             return applied
         raise StreamVersionConflict(f"stream {stream_id} kept moving; sweep retried")
+
+    async def record_rejection(self, rejection: Rejection) -> Outcome:
+        """Record a dead-lettered report once: on its run's stream while the
+        run is open (failing it when the report claimed its end), else on the
+        coordinator's stream.
+
+        Raises:
+            StreamVersionConflict: the stream kept moving through every retry.
+            StoreError: the event store failed; the message is redelivered.
+        """
+        project_id: str | None = None
+        run_id: str | None = None
+        if rejection.run_id is not None:
+            stream_id = run_stream(rejection.run_id)
+            for _ in range(CONFLICT_RETRIES):
+                events = await self._store.read_stream(stream_id)
+                state = fold_run(rejection.run_id, events)
+                decision = decide_rejection(state, rejection)
+                if not isinstance(decision, Ignored):
+                    try:
+                        return await self._append(
+                            state, decision, _rejection_metadata(rejection)
+                        )
+                    except StreamVersionConflict:
+                        continue
+                if decision.reason is IgnoreReason.DUPLICATE_REPORT:
+                    return decision
+                if state.exists:  # finished: nothing more on its stream
+                    project_id, run_id = state.project_id, state.run_id
+                break
+            else:
+                raise StreamVersionConflict(f"stream {stream_id} kept moving")
+        return await self._record_elsewhere(rejection, project_id, run_id)
+
+    async def _record_elsewhere(
+        self, rejection: Rejection, project_id: str | None, run_id: str | None
+    ) -> Outcome:
+        """Record a rejection of no open run on the coordinator's stream."""
+        stream_id = REJECTED_REPORTS_STREAM
+        for _ in range(CONFLICT_RETRIES):
+            events = await self._store.read_stream(stream_id)
+            if rejection.key in _rejected_keys(events):
+                return Ignored(reason=IgnoreReason.DUPLICATE_REPORT)
+            version = events[-1].stream_version if events else 0
+            event = rejection.event(project_id=project_id, run_id=run_id)
+            try:
+                recorded = await self._store.append(
+                    [
+                        NewEvent(
+                            stream_type=COORDINATOR_STREAM_TYPE,
+                            stream_id=stream_id,
+                            project_id=project_id,
+                            event=event,
+                        )
+                    ],
+                    expected_versions={stream_id: version},
+                    metadata=_rejection_metadata(rejection),
+                )
+            except StreamVersionConflict:
+                continue
+            return Applied(
+                event_types=(event.event_type,), position=recorded[-1].position
+            )
+        raise StreamVersionConflict(f"stream {stream_id} kept moving")
 
     async def _append(
         self,
@@ -449,40 +553,101 @@ class Coordinator:
 
     async def _handle(self, msg: Msg) -> None:
         """Settle one message: ack, term or nak; never raise."""
-        report = self._parse(msg)
-        if report is None:
-            self.rejected += 1
-            await _settle(msg.term)
+        parsed = self._parse(msg)
+        if isinstance(parsed, _Poison):
+            await self._dead_letter(msg, parsed)
             return
+        report = parsed
         try:
             outcome = await self.apply(report)
         except Exception as exc:  # noqa: BLE001 - a report is never dropped
-            await self._redeliver(msg, report, exc)
+            if _delivered(msg) >= UNAPPLIABLE_AFTER and not isinstance(exc, _TRANSIENT):
+                detail = exc.detail if isinstance(exc, AnimusError) else ""
+                poison = _Poison(
+                    "unappliable_report",
+                    f"{type(exc).__name__}: {detail}".rstrip(": "),
+                    report,
+                )
+                await self._dead_letter(msg, poison)
+            else:
+                await self._redeliver(msg, report, exc)
+            return
+        if (
+            isinstance(outcome, Ignored)
+            and outcome.reason is IgnoreReason.UNSTORABLE_REPORT
+        ):
+            poison = _Poison(
+                "unstorable_report",
+                "an id, artifact or metric name holds NUL or a lone surrogate, "
+                "or a number is out of range",
+                report,
+            )
+            await self._dead_letter(msg, poison)
             return
         self._log_outcome(report, outcome)
         await _settle(msg.ack)
 
-    def _parse(self, msg: Msg) -> RunReport | None:
+    def _parse(self, msg: Msg) -> RunReport | _Poison:
         report = _decode_report(msg.data)
         if report is None:
-            log.warning(
-                "report_rejected",
-                subject=msg.subject,
-                reason="invalid_report",
-                size=len(msg.data),
-            )
-            return None
+            return _Poison("invalid_report", "the payload is not a valid RunReport")
         if msg.subject != report_subject(report.run_id):
-            log.warning(
-                "report_rejected",
-                subject=msg.subject,
-                reason="subject_mismatch",
-                report_id=report.report_id,
-                run_id=report.run_id,
+            return _Poison(
+                "subject_mismatch", "the report names another run than its subject"
             )
-            return None
         self.liveness.heard(report.run_id, report.attempt)
         return report
+
+    async def _dead_letter(self, msg: Msg, poison: _Poison) -> None:
+        """Republish a poison message, record its rejection, then terminate it.
+
+        Both steps are idempotent (dedupe id, message key), so a failure of
+        either puts the message back and the next delivery completes it.
+        """
+        try:
+            rejection = _rejection(msg, poison)
+            await self._bus.publish(
+                rejection.dead_letter_subject,
+                msg.data,
+                msg_id=f"dead-letter:{REPORT_STREAM}:{rejection.key}",
+                headers={
+                    "Animus-Original-Subject": msg.subject,
+                    "Animus-Original-Stream": REPORT_STREAM,
+                    "Animus-Original-Sequence": str(rejection.stream_sequence),
+                    "Animus-Reject-Reason": rejection.reason,
+                    "Animus-Payload-Sha256": rejection.sha256,
+                },
+            )
+            outcome = await self.record_rejection(rejection)
+        except Exception as exc:  # noqa: BLE001 - the message comes back
+            self.redelivered += 1
+            delay = _redelivery_delay(msg)
+            log.warning(
+                "report_dead_letter_failed",
+                subject=msg.subject,
+                reason=poison.reason,
+                error=exc.detail if isinstance(exc, AnimusError) else repr(exc),
+                delay=delay,
+            )
+            await _settle(msg.nak, delay=delay)
+            return
+        self.rejected += 1
+        self.dead_lettered += 1
+        log.warning(
+            "report_dead_lettered",
+            subject=msg.subject,
+            reason=rejection.reason,
+            detail=rejection.detail,
+            run_id=rejection.run_id,
+            sha256=rejection.sha256,
+            size=rejection.size,
+            dead_letter_subject=rejection.dead_letter_subject,
+            recorded=not isinstance(outcome, Ignored),
+            event_types=(
+                list(outcome.event_types) if isinstance(outcome, Applied) else []
+            ),
+        )
+        await _settle(msg.term)
 
     async def _redeliver(self, msg: Msg, report: RunReport, exc: Exception) -> None:
         self.redelivered += 1
@@ -542,6 +707,89 @@ def _decode_report(data: bytes) -> RunReport | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Poison:
+    """Why a message is dead-lettered, with its report when it parsed."""
+
+    reason: RejectReason
+    detail: str
+    report: RunReport | None = None
+
+
+def _rejection(msg: Msg, poison: _Poison) -> Rejection:
+    """What is known of a poison message; its run comes from its subject."""
+    token = msg.subject.removeprefix(_SUBJECT_PREFIX)
+    claims = (
+        _claims(msg.data)
+        if poison.report is None
+        else {
+            "run_id": poison.report.run_id,
+            "kind": poison.report.kind,
+            "attempt": poison.report.attempt,
+        }
+    )
+    kind = claims.get("kind")
+    claimed_run = claims.get("run_id")
+    return Rejection(
+        reason=poison.reason,
+        detail=poison.detail,
+        subject=msg.subject,
+        stream_sequence=_stream_sequence(msg),
+        sha256=hashlib.sha256(msg.data).hexdigest(),
+        size=len(msg.data),
+        dead_letter_subject=dead_letter_subject(msg.subject),
+        run_id=token if _RUN_ID.match(token) else None,
+        claimed_run_id=claimed_run if isinstance(claimed_run, str) else None,
+        claimed_kind=kind if _is_kind(kind) else None,
+        claimed_attempt=claimed_attempt(claims.get("attempt")),
+    )
+
+
+def _is_kind(value: object) -> TypeGuard[ReportKind]:
+    return isinstance(value, str) and value in _REPORT_KINDS
+
+
+def _claims(data: bytes) -> dict[str, Any]:
+    """What an unreadable payload says of itself, read as leniently as can be."""
+    try:
+        payload = json.loads(data.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _rejected_keys(events: list[RecordedEvent]) -> frozenset[str]:
+    return frozenset(
+        message_key(int(e.data["stream_sequence"]), str(e.data["sha256"]))
+        for e in events
+        if e.type == ReportRejected.event_type
+    )
+
+
+def _rejection_metadata(rejection: Rejection) -> Mapping[str, Any]:
+    source = f"{REPORT_STREAM}:{rejection.stream_sequence}"
+    return {
+        "actor": "coordinator:dead-letter",
+        "causation_id": source,
+        "correlation_id": rejection.run_id or source,
+    }
+
+
+def _stream_sequence(msg: Msg) -> int:
+    """The message's sequence in the report stream (stable across redelivery)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return 0
+
+
+def _delivered(msg: Msg) -> int:
+    try:
+        return max(int(msg.metadata.num_delivered), 1)
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return 1
+
+
 def _metadata(state: RunState, report: RunReport) -> Mapping[str, Any]:
     """The envelope metadata of a report's events; executor times are kept
     here as metadata only."""
@@ -562,10 +810,7 @@ def _metadata(state: RunState, report: RunReport) -> Mapping[str, Any]:
 
 
 def _redelivery_delay(msg: Msg) -> float:
-    try:
-        delivered = max(msg.metadata.num_delivered, 1)
-    except (AttributeError, ValueError, IndexError):
-        delivered = 1
+    delivered = _delivered(msg)
     return min(RETRY_INITIAL * 2 ** min(delivered - 1, 16), REDELIVERY_MAX_DELAY)
 
 

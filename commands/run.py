@@ -30,6 +30,11 @@ Precedence, applied by `decide_report` in this order (commands/NOTES.md):
 7. A running run whose reports stopped is failed with reason `lost` by the
    coordinator (`decide_lost`); a report that arrives afterwards is late by
    rule 2.
+8. A poison report (unreadable, or unstorable) is dead-lettered and recorded
+   as ReportRejected (`decide_rejection`), once per bus message. When it
+   claims to be the terminal report of the current attempt of an open run,
+   the run fails at once with reason `report_rejected`; otherwise the run
+   goes on, and rule 7 bounds it if the rejected report was its last word.
 
 Illegal transitions never raise: `decide_report` returns `Ignored(reason)`.
 The order of reports on the bus never decides the outcome beyond which
@@ -47,12 +52,14 @@ from enum import StrEnum
 
 from animus.errors import ConflictError, NotFoundError
 from animus.eventstore import RecordedEvent
-from contracts.bus import RunReport
+from contracts.bus import MAX_INT32, MAX_SAFE_INTEGER, ReportKind, RunReport
 from contracts.commands import CancelRun
 from contracts.events import (
     ArtifactRecorded,
     DomainEvent,
     MetricsRecorded,
+    RejectReason,
+    ReportRejected,
     RunCanceled,
     RunCancelRequested,
     RunDispatched,
@@ -145,6 +152,7 @@ class RunState:
     cancel_requested: bool = False
     cancel_position: int | None = None
     applied_reports: frozenset[str] = frozenset()
+    rejected_messages: frozenset[str] = frozenset()
 
     @property
     def exists(self) -> bool:
@@ -170,6 +178,9 @@ def _evolve(state: RunState, recorded: RecordedEvent) -> RunState:
         return replace(
             state, cancel_requested=True, cancel_position=recorded.position
         )
+    if isinstance(event, ReportRejected):
+        key = message_key(event.stream_sequence, event.sha256)
+        return replace(state, rejected_messages=state.rejected_messages | {key})
     state = _remember_report(state, event)
     if state.finished:
         # Defensive: the decisions never append after a terminal event.
@@ -295,6 +306,8 @@ def screen_report(report: RunReport) -> Ignored | None:
         return Ignored(reason=IgnoreReason.UNSTORABLE_REPORT)
     if not all(math.isfinite(value) for value in metrics.values()):
         return Ignored(reason=IgnoreReason.UNSTORABLE_REPORT)
+    if report.artifact is not None and report.artifact.size > MAX_SAFE_INTEGER:
+        return Ignored(reason=IgnoreReason.UNSTORABLE_REPORT)
     return None
 
 
@@ -374,6 +387,103 @@ def decide_lost(state: RunState, *, silent_for: float) -> list[DomainEvent] | Ig
             message=message,
         )
     ]
+
+
+def message_key(stream_sequence: int, sha256: str) -> str:
+    """What identifies one bus message across its redeliveries."""
+    return f"{stream_sequence}:{sha256}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rejection:
+    """A poison report: what is known of the bus message, never its bytes.
+
+    `run_id` is the run its subject names; `claimed_*` is what the payload
+    says of itself, where it could be read at all.
+    """
+
+    reason: RejectReason
+    detail: str
+    subject: str
+    stream_sequence: int
+    sha256: str
+    size: int
+    dead_letter_subject: str
+    run_id: str | None = None
+    claimed_run_id: str | None = None
+    claimed_kind: ReportKind | None = None
+    claimed_attempt: int | None = None
+
+    @property
+    def key(self) -> str:
+        return message_key(self.stream_sequence, self.sha256)
+
+    def event(self, *, project_id: str | None, run_id: str | None) -> ReportRejected:
+        """The event recording this rejection (free text made storable)."""
+        return ReportRejected(
+            project_id=project_id,
+            run_id=run_id,
+            reason=self.reason,
+            detail=storable_text(self.detail, _REASON_LIMIT),
+            subject=storable_text(self.subject, _REASON_LIMIT),
+            stream_sequence=self.stream_sequence,
+            sha256=self.sha256,
+            size=self.size,
+            dead_letter_subject=storable_text(self.dead_letter_subject, _REASON_LIMIT),
+            claimed_kind=self.claimed_kind,
+            claimed_attempt=self.claimed_attempt,
+        )
+
+
+def decide_rejection(
+    state: RunState, rejection: Rejection
+) -> list[DomainEvent] | Ignored:
+    """Record a poison report on an open run; end the run if it was its end.
+
+    A message already recorded (a redelivery) appends nothing. The run fails
+    with reason `report_rejected` only when the payload claims to be the
+    terminal report of the run's current attempt (rule 8); its content is
+    never trusted beyond that.
+    """
+    if not state.exists or state.project_id is None:
+        return Ignored(reason=IgnoreReason.UNKNOWN_RUN)
+    if rejection.key in state.rejected_messages:
+        return Ignored(reason=IgnoreReason.DUPLICATE_REPORT)
+    if state.finished:
+        return Ignored(reason=IgnoreReason.RUN_FINISHED)
+    recorded = rejection.event(project_id=state.project_id, run_id=state.run_id)
+    if not _ends_the_run(state, rejection):
+        return [recorded]
+    message = (
+        f"the executor's {rejection.claimed_kind} report could not be "
+        f"{'read' if rejection.reason == 'invalid_report' else 'stored'} "
+        f"({rejection.reason}); it was dead-lettered to "
+        f"{recorded.dead_letter_subject} (sha256 {rejection.sha256})"
+    )
+    failed = RunFailed(
+        project_id=state.project_id,
+        run_id=state.run_id,
+        attempt=state.attempt,
+        reason="report_rejected",
+        message=storable_text(message, _MESSAGE_LIMIT),
+    )
+    return [recorded, failed]
+
+
+def _ends_the_run(state: RunState, rejection: Rejection) -> bool:
+    return (
+        rejection.claimed_kind in _TERMINAL_KINDS
+        and rejection.claimed_attempt == state.attempt
+        and rejection.claimed_run_id in (None, state.run_id)
+        and state.status in (RunStatus.DISPATCHED, RunStatus.RUNNING)
+    )
+
+
+def claimed_attempt(value: object) -> int | None:
+    """An attempt number as a payload claims it, if it is a plausible one."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 1 <= value <= MAX_INT32 else None
 
 
 def _failure_reason(report: RunReport) -> FailureReason:

@@ -134,11 +134,33 @@ class RunSummary(ApiModel):
     submitted_by: str | None = None
     submitted_at: datetime
     started_at: datetime | None = None
-    finished_at: datetime | None = None
+    finished_at: datetime | None = Field(
+        default=None,
+        description="When the workload finished: its own exit time as the "
+        "executor read it from the workload's status (executor clock, for "
+        "display only) when reported, else `recorded_finished_at`; see "
+        "`finished_at_source`",
+    )
+    recorded_finished_at: datetime | None = Field(
+        default=None,
+        description="When the control plane recorded the terminal event "
+        "(database clock); later than `finished_at` when the workload ended "
+        "while no executor or coordinator was watching",
+    )
+    finished_at_source: Literal["workload", "recorded"] | None = Field(
+        default=None,
+        description="`workload`: `finished_at` is the workload's exit time; "
+        "`recorded`: none was reported, it is `recorded_finished_at`",
+    )
     failure_reason: str | None = None
     failure_message: str | None = None
     cancel_requested: bool = False
     exit_code: int | None = None
+    rejected_reports: int = Field(
+        default=0,
+        description="Reports about this run that could not be read or stored; "
+        "each was dead-lettered and recorded as a ReportRejected event",
+    )
     last_position: int
 
 

@@ -7,6 +7,14 @@ Subjects:
 - `animus.control.cancel.<executor>`: cancel requests.
 - `animus.report.<run_id>`: what the executor observed (`Nats-Msg-Id` =
   report id).
+- `animus.deadletter.report.<run_id>`: a report the coordinator could not
+  read or store (a poison message), republished byte for byte so nothing the
+  executor said is lost; `Nats-Msg-Id` =
+  `dead-letter:<stream>:<sequence>:<sha256>`.
+  Headers: `Animus-Original-Subject`, `Animus-Original-Stream`,
+  `Animus-Original-Sequence`, `Animus-Reject-Reason` and
+  `Animus-Payload-Sha256`. The rejection itself is an event (`ReportRejected`)
+  holding the payload's sha256 and size, never its bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +29,21 @@ EVENTS_STREAM = "ANIMUS_EVENTS"
 LAUNCH_STREAM = "ANIMUS_LAUNCH"
 CONTROL_STREAM = "ANIMUS_CONTROL"
 REPORT_STREAM = "ANIMUS_REPORTS"
+DEAD_LETTER_STREAM = "ANIMUS_DEADLETTER"
+
+DEAD_LETTER_PREFIX = "animus.deadletter."
+DEAD_LETTER_HEADERS = (
+    "Animus-Original-Subject",
+    "Animus-Original-Stream",
+    "Animus-Original-Sequence",
+    "Animus-Reject-Reason",
+    "Animus-Payload-Sha256",
+)
+"""Headers of a dead-lettered message, in this order."""
+
+MAX_INT32 = 2**31 - 1
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer RFC 8785 (the chain's canonical form) represents exactly."""
 
 
 def event_subject(stream_type: str, event_type: str) -> str:
@@ -37,6 +60,12 @@ def cancel_subject(executor: str) -> str:
 
 def report_subject(run_id: str) -> str:
     return f"animus.report.{run_id}"
+
+
+def dead_letter_subject(subject: str) -> str:
+    """Where a poison message of `subject` is kept:
+    `animus.report.<run_id>` -> `animus.deadletter.report.<run_id>`."""
+    return DEAD_LETTER_PREFIX + subject.removeprefix("animus.")
 
 
 class LaunchRequested(BaseModel):
@@ -66,14 +95,19 @@ coordinator's liveness watch (counted on the receiver's clock)."""
 
 
 class RunReport(BaseModel):
-    """One observation by the executor; `seq` orders reports of one attempt."""
+    """One observation by the executor; `seq` orders reports of one attempt.
+
+    Integers are bounded so that every value fits the chain's canonical form
+    and the read models' columns; a report outside the bounds does not parse
+    and is dead-lettered like any other poison message.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     report_id: str
     project_id: str
     run_id: str
-    attempt: int
-    seq: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=MAX_INT32)
+    seq: int = Field(ge=1, le=MAX_SAFE_INTEGER)
     kind: ReportKind
     sent_at: str = Field(description="Executor clock; metadata only")
     occurred_at: str | None = Field(
@@ -84,6 +118,6 @@ class RunReport(BaseModel):
     )
     artifact: ArtifactInfo | None = None
     metrics: dict[str, float] | None = None
-    exit_code: int | None = None
+    exit_code: int | None = Field(default=None, ge=-MAX_INT32 - 1, le=MAX_INT32)
     reason: FailureReason | None = None
     message: str = ""

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts._text import Identifier, LongText, ShortText
+from contracts.bus import MAX_INT32, MAX_SAFE_INTEGER, ReportKind
 from contracts.runs import ArtifactInfo, FailureReason, RunPlan, RunSpec
 
 
@@ -142,6 +143,43 @@ class RunCanceled(DomainEvent):
     reason: ShortText = "canceled"
 
 
+RejectReason = Literal[
+    "invalid_report",
+    "subject_mismatch",
+    "unstorable_report",
+    "unappliable_report",
+]
+"""Why a report was dead-lettered: it does not parse as a RunReport; it names
+another run than its subject; its ids or names hold text the event store
+cannot keep; or appending its events kept failing with a permanent error."""
+
+
+class ReportRejected(DomainEvent):
+    """A report from the executor that could not be read or stored.
+
+    The raw message was republished to `dead_letter_subject` (see
+    `contracts.bus`); only its sha256 and size are recorded here, never its
+    bytes, which may hold text the event store cannot keep. `claimed_*` are
+    what the message said about itself, where it could be read at all: they
+    are not trusted as facts. Recorded on the run's stream while the run is
+    open, otherwise on the coordinator's stream (`contracts.streams`), with
+    `run_id` naming the run when it exists.
+    """
+
+    event_type = "ReportRejected"
+    project_id: Identifier | None = None
+    run_id: str | None = None
+    reason: RejectReason
+    detail: LongText = ""
+    subject: ShortText
+    stream_sequence: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=MAX_SAFE_INTEGER)
+    dead_letter_subject: ShortText
+    claimed_kind: ReportKind | None = None
+    claimed_attempt: int | None = Field(default=None, ge=1, le=MAX_INT32)
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.event_type: cls
     for cls in (
@@ -158,12 +196,13 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         RunSucceeded,
         RunFailed,
         RunCanceled,
+        ReportRejected,
     )
 }
 
 TERMINAL_RUN_EVENTS = frozenset({"RunSucceeded", "RunFailed", "RunCanceled"})
 
-StreamType = Literal["project", "dataset", "run"]
+StreamType = Literal["project", "dataset", "run", "coordinator"]
 
 
 def decode_event(event_type: str, data: dict[str, Any]) -> DomainEvent:

@@ -24,7 +24,11 @@ FailureReason = Literal[
     "lost",
     "sandbox_unavailable",
     "internal_error",
+    "report_rejected",
 ]
+"""Why a run failed. `lost`: nothing was heard from it for the liveness bound;
+`report_rejected`: its terminal report could not be read or stored, so it was
+dead-lettered and the run ended without trusting its content."""
 
 
 class DatasetRef(BaseModel):

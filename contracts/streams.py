@@ -15,6 +15,13 @@ def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
 
 
+COORDINATOR_STREAM_TYPE = "coordinator"
+REJECTED_REPORTS_STREAM = "coordinator-rejected-reports"
+"""The stream of report rejections that belong to no open run: the run is
+unknown, or it already ended (nothing is appended to a run after its
+terminal event)."""
+
+
 RUN_STATUSES = (
     "submitted",
     "planned",

@@ -4,7 +4,14 @@ One handler per event type writes SQL into a target schema (`rm` live, a
 scratch schema during replay). `ProjectorService` polls the log and applies
 each batch together with its checkpoint in one transaction, so a read model
 never holds half a batch and never sees an event twice. Timestamps come from
-the event's `recorded_at`, never from payload times.
+the event's `recorded_at`, never from payload times, with one exception for
+display: a run's `finished_at` is the workload's own finish time when its
+terminal event carries one (`workload_time` in the metadata, the exit the
+executor read from the workload's status file, by the executor's clock), so
+a finish recorded after a restart keeps the time the workload ended;
+`recorded_finished_at` is always the terminal event's `recorded_at`, and
+`finished_at_source` says which of the two `finished_at` is. Both come from
+the log, so a replay gives the same values.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -34,6 +42,7 @@ from contracts.events import (
     DomainEvent,
     MetricsRecorded,
     ProjectCreated,
+    ReportRejected,
     RunCanceled,
     RunCancelRequested,
     RunDispatched,
@@ -243,14 +252,38 @@ async def apply_run_started(
     )
 
 
+_FINISHED = (
+    "finished_at = %(finished_at)s, recorded_finished_at = %(recorded_at)s, "
+    "finished_at_source = %(finished_at_source)s"
+)
+
+
+def _finish(event: RecordedEvent) -> dict[str, Any]:
+    """`finished_at` and its source for a terminal event (module docstring)."""
+    workload_time = _workload_time(event.metadata.get("workload_time"))
+    if workload_time is None:
+        return {"finished_at": event.recorded_at, "finished_at_source": "recorded"}
+    return {"finished_at": workload_time, "finished_at_source": "workload"}
+
+
+def _workload_time(value: object) -> datetime | None:
+    """An ISO 8601 time with a zone, as the executor reported it; else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else None
+
+
 async def apply_run_succeeded(
     rm: Target, event: RecordedEvent, payload: RunSucceeded
 ) -> None:
     await _update_live_run(
         rm,
-        "status = 'succeeded', finished_at = %(recorded_at)s, "
-        "exit_code = %(exit_code)s",
-        _params(event, payload),
+        f"status = 'succeeded', {_FINISHED}, exit_code = %(exit_code)s",
+        _params(event, payload, **_finish(event)),
     )
 
 
@@ -259,10 +292,10 @@ async def apply_run_failed(
 ) -> None:
     await _update_live_run(
         rm,
-        "status = 'failed', finished_at = %(recorded_at)s, "
+        f"status = 'failed', {_FINISHED}, "
         "failure_reason = %(reason)s, failure_message = %(message)s, "
         "exit_code = %(exit_code)s",
-        _params(event, payload),
+        _params(event, payload, **_finish(event)),
     )
 
 
@@ -271,8 +304,21 @@ async def apply_run_canceled(
 ) -> None:
     await _update_live_run(
         rm,
-        "status = 'canceled', finished_at = %(recorded_at)s, "
-        "failure_message = %(reason)s",
+        f"status = 'canceled', {_FINISHED}, failure_message = %(reason)s",
+        _params(event, payload, **_finish(event)),
+    )
+
+
+async def apply_report_rejected(
+    rm: Target, event: RecordedEvent, payload: ReportRejected
+) -> None:
+    """Count a dead-lettered report on its run, whatever the run's status."""
+    if payload.run_id is None:
+        return  # a report for no known run: the log and the dead letter keep it
+    await rm.execute(
+        "UPDATE {rm}.runs SET rejected_reports = rejected_reports + 1, "
+        "last_position = greatest(last_position, %(position)s) "
+        "WHERE run_id = %(run_id)s",
         _params(event, payload),
     )
 
@@ -353,6 +399,7 @@ HANDLERS: dict[str, Handler] = {
     RunSucceeded.event_type: apply_run_succeeded,
     RunFailed.event_type: apply_run_failed,
     RunCanceled.event_type: apply_run_canceled,
+    ReportRejected.event_type: apply_report_rejected,
 }
 """The one dispatch table: event type -> handler."""
 

@@ -23,8 +23,9 @@ Row = dict[str, Any]
 
 _RUN_SUMMARY = (
     "run_id, project_id, name, status, attempt, spec_hash, plan_hash, executor, "
-    "submitted_by, submitted_at, started_at, finished_at, failure_reason, "
-    "failure_message, cancel_requested, exit_code, last_position"
+    "submitted_by, submitted_at, started_at, finished_at, recorded_finished_at, "
+    "finished_at_source, failure_reason, failure_message, cancel_requested, "
+    "exit_code, rejected_reports, last_position"
 )
 _RUN_DETAIL = _RUN_SUMMARY + ", spec, plan"
 _ARTIFACT = "name, sha256, size, object_key, kind"

@@ -14,9 +14,15 @@ from typing import Any
 import pytest
 from nats.js.errors import NotFoundError
 
-from animus.bus import Bus
+from animus.bus import Bus, fetch_batch
 from animus.eventstore import EventStore, NewEvent, RecordedEvent
-from contracts.bus import REPORT_STREAM, RunReport, report_subject
+from contracts.bus import (
+    DEAD_LETTER_STREAM,
+    REPORT_STREAM,
+    RunReport,
+    dead_letter_subject,
+    report_subject,
+)
 from contracts.events import ProjectCreated, RunDispatched, RunPlanned, RunSubmitted
 from contracts.runs import ArtifactInfo, Resources, RunPlan, RunSpec
 from contracts.streams import project_stream, run_stream
@@ -24,6 +30,10 @@ from contracts.streams import project_stream, run_stream
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 async def eventually(
@@ -170,3 +180,31 @@ def unique_durable() -> str:
 async def delete_durable(bus: Bus, durable: str) -> None:
     with contextlib.suppress(NotFoundError):
         await bus.js.delete_consumer(REPORT_STREAM, durable)
+
+
+async def dead_letters(bus: Bus, run_id: str) -> list[bytes]:
+    """The payloads dead-lettered for `run_id`'s subject, in order."""
+    durable = f"dead-letters-{secrets.token_hex(4)}"
+    sub = await bus.js.pull_subscribe(
+        dead_letter_subject(report_subject(run_id)),
+        durable=durable,
+        stream=DEAD_LETTER_STREAM,
+    )
+    found: list[bytes] = []
+    try:
+        while True:
+            try:
+                batch = await fetch_batch(sub, batch=100, timeout=0.5)
+            except TimeoutError:  # nats-py can let a bare asyncio timeout out
+                batch = []
+            if not batch:
+                break
+            for msg in batch:
+                found.append(msg.data)
+                await msg.ack()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(NotFoundError):
+            await bus.js.delete_consumer(DEAD_LETTER_STREAM, durable)
+    return found

@@ -5,10 +5,19 @@ corrupt a run, and a restart loses or repeats nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 
 import pytest
-from coordtest import Runs, delete_durable, drained, eventually, unique_durable
+from coordtest import (
+    Runs,
+    dead_letters,
+    delete_durable,
+    digest_of,
+    drained,
+    eventually,
+    unique_durable,
+)
 
 from animus.bus import Bus
 from animus.db import open_pool, with_user
@@ -176,18 +185,25 @@ class TestOutOfOrderReports:
 
 
 class TestBadReports:
-    async def test_garbage_is_skipped_without_blocking_later_reports(
+    async def test_garbage_is_dead_lettered_without_blocking_later_reports(
         self, runs: Runs, bus: Bus, coordinator: Coordinator
     ) -> None:
+        """C13: each poison message is recorded once on its open run and kept
+        byte for byte on the dead-letter subject; later reports still apply."""
         run_id = runs.new_id()
         other_id = runs.new_id()
         await runs.dispatched(run_id)
         await runs.dispatched(other_id)
+        garbage = [
+            b"not json at all",
+            b"\xff\xfe\x00",
+            b'{"kind": "started"}',
+            b"[]",
+            b'{"kind": ["succeeded"], "attempt": "1", "run_id": 7}',
+        ]
 
-        await runs.publish_raw(run_id, b"not json at all")
-        await runs.publish_raw(run_id, b"\xff\xfe\x00")
-        await runs.publish_raw(run_id, b'{"kind": "started"}')
-        await runs.publish_raw(run_id, b"[]")
+        for payload in garbage:
+            await runs.publish_raw(run_id, payload)
         # a valid report for another run, on this run's subject
         misplaced = runs.report(other_id, "succeeded", seq=1)
         await bus.publish(
@@ -199,24 +215,54 @@ class TestBadReports:
         await runs.publish(runs.report(run_id, "succeeded", seq=2))
         await settle(bus, coordinator)
 
-        assert await runs.types(run_id) == [*SEEDED, "RunStarted", "RunSucceeded"]
+        events = await runs.events(run_id)
+        assert [e.type for e in events] == [
+            *SEEDED,
+            *["ReportRejected"] * 6,
+            "RunStarted",
+            "RunSucceeded",
+        ]
+        rejected = [e.data for e in events if e.type == "ReportRejected"]
+        payloads = [*garbage, misplaced.model_dump_json().encode()]
+        assert [r["sha256"] for r in rejected] == [digest_of(p) for p in payloads]
+        assert [r["size"] for r in rejected] == [len(p) for p in payloads]
+        assert [r["reason"] for r in rejected] == [
+            *["invalid_report"] * 5,
+            "subject_mismatch",
+        ]
+        assert [r["claimed_kind"] for r in rejected] == [
+            None,
+            None,
+            "started",
+            None,
+            None,
+            "succeeded",
+        ]
+        assert all(r["run_id"] == run_id for r in rejected)
         assert await runs.types(other_id) == SEEDED
-        assert coordinator.rejected >= 5
+        assert await dead_letters(bus, run_id) == payloads
+        assert coordinator.rejected >= 6
         assert coordinator.state is CoordinatorState.RUNNING
 
-    async def test_an_unstorable_report_is_ignored(
+    async def test_an_unstorable_report_is_dead_lettered_and_recorded(
         self, runs: Runs, bus: Bus, coordinator: Coordinator
     ) -> None:
         run_id = runs.new_id()
         await runs.dispatched(run_id)
+        poison = runs.report(run_id, "metrics", seq=1, metrics={"bad\x00name": 1.0})
 
-        await runs.publish(
-            runs.report(run_id, "metrics", seq=1, metrics={"bad\x00name": 1.0})
-        )
+        await runs.publish(poison)
         await runs.publish(runs.report(run_id, "started", seq=2))
         await settle(bus, coordinator)
 
-        assert await runs.types(run_id) == [*SEEDED, "RunStarted"]
+        events = await runs.events(run_id)
+        assert [e.type for e in events] == [*SEEDED, "ReportRejected", "RunStarted"]
+        rejected = events[3].data
+        assert rejected["reason"] == "unstorable_report"
+        assert rejected["claimed_kind"] == "metrics"
+        assert rejected["claimed_attempt"] == 1
+        assert "bad" not in json.dumps(rejected)  # never the payload itself
+        assert await dead_letters(bus, run_id) == [poison.model_dump_json().encode()]
 
     async def test_a_report_for_an_unknown_run_is_acknowledged(
         self, runs: Runs, bus: Bus, coordinator: Coordinator

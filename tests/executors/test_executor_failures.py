@@ -112,7 +112,8 @@ class TestExecutorKilledMidRun:
     ) -> None:
         """C04 dev mode: SIGKILL only the executor while A (long) and B
         (short) run; B ends while it is down; a new executor adopts A and
-        records B with the time B ended, and nothing runs twice."""
+        records B with the time B ended, which GET run shows as its
+        `finished_at`, and nothing runs twice."""
         counter = shared_counter(harness, tmp_path)
         long, short = make_launch(python(LONG)), make_launch(python(SHORT))
         for launch in (long, short):
@@ -160,9 +161,19 @@ class TestExecutorKilledMidRun:
         assert workload_time < restarted_at < short_done.recorded_at
         assert beats, "A sent no heartbeat after the restart"
         for launch in (long, short):
-            assert (await control_plane.get_run(launch.run_id))["status"] == (
-                "succeeded"
+            run = await control_plane.get_run(launch.run_id)
+            assert (run["status"], run["finished_at_source"]) == (
+                "succeeded",
+                "workload",
             )
+        # GET run: B finished when its workload ended, before the restart;
+        # the control plane recorded it after
+        run = await control_plane.get_run(short.run_id)
+        finished_at = parse_time(run["finished_at"])
+        recorded_finished_at = parse_time(run["recorded_finished_at"])
+        assert finished_at == datetime.fromtimestamp(short_ended, UTC)
+        assert recorded_finished_at == short_done.recorded_at
+        assert finished_at < restarted_at < recorded_finished_at
 
 
 class TestHeartbeats:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from psycopg_pool import AsyncConnectionPool
@@ -10,6 +11,7 @@ from animus.eventstore import EventStore, NewEvent
 from contracts.events import (
     DomainEvent,
     ProjectCreated,
+    ReportRejected,
     RunCanceled,
     RunCancelRequested,
     RunDispatched,
@@ -195,6 +197,109 @@ class TestTerminalStatus:
         assert row["failure_message"] == "user asked"
         assert row["finished_at"] == recorded[4].recorded_at
         assert row["exit_code"] is None
+
+
+class TestFinishTimes:
+    """C04: `finished_at` is the workload's exit time when the executor
+    reported one, beside the time the control plane recorded the end."""
+
+    async def _finish(
+        self,
+        workload: Workload,
+        fold: Fold,
+        store: EventStore,
+        app_pool: AsyncConnectionPool,
+        run_id: str,
+        workload_time: object,
+    ) -> int:
+        events = workload.successful_run(run_id, {"data": ("train", 1)})
+        await fold(events[:-1])
+        metadata = {"actor": "executor:local", "workload_time": workload_time}
+        [done] = await store.append([events[-1]], metadata=metadata)
+        assert await wait_for_position(app_pool, done.position, timeout=10)
+        return done.position
+
+    async def test_a_reported_workload_time_is_the_finish_time(
+        self,
+        workload: Workload,
+        fold: Fold,
+        store: EventStore,
+        app_pool: AsyncConnectionPool,
+        select: Select,
+    ) -> None:
+        await fold(workload.setup({"train": 1}))
+        await self._finish(
+            workload, fold, store, app_pool, "run-w1", "2026-01-01T00:00:00.25Z"
+        )
+
+        [row] = await select("SELECT * FROM rm.runs WHERE run_id = %s", "run-w1")
+        [done] = await select(
+            "SELECT recorded_at FROM events WHERE stream_id = %s "
+            "ORDER BY stream_version DESC LIMIT 1",
+            "run-run-w1",
+        )
+        assert row["finished_at"] == datetime(2026, 1, 1, 0, 0, 0, 250000, UTC)
+        assert row["recorded_finished_at"] == done["recorded_at"]
+        assert row["finished_at_source"] == "workload"
+
+    async def test_an_unreadable_or_missing_workload_time_falls_back(
+        self,
+        workload: Workload,
+        fold: Fold,
+        store: EventStore,
+        app_pool: AsyncConnectionPool,
+        select: Select,
+    ) -> None:
+        await fold(workload.setup({"train": 1}))
+        for run_id, value in (
+            ("run-w2", "yesterday"),
+            ("run-w3", "2026-01-01T00:00:00"),  # no zone: not a point in time
+            ("run-w4", None),
+        ):
+            await self._finish(workload, fold, store, app_pool, run_id, value)
+
+        rows = await select(
+            "SELECT finished_at, recorded_finished_at, finished_at_source "
+            "FROM rm.runs WHERE run_id IN ('run-w2', 'run-w3', 'run-w4')"
+        )
+        assert len(rows) == 3
+        for row in rows:
+            assert row["finished_at"] == row["recorded_finished_at"] is not None
+            assert row["finished_at_source"] == "recorded"
+
+
+class TestRejectedReports:
+    async def test_rejections_are_counted_on_their_run_whatever_its_status(
+        self, workload: Workload, fold: Fold, select: Select
+    ) -> None:
+        await fold(workload.setup({"train": 1}))
+        run = await fold(workload.successful_run("run-r1", {"data": ("train", 1)}))
+
+        def rejected(run_id: str | None, sequence: int) -> NewEvent:
+            event = ReportRejected(
+                project_id=workload.project_id if run_id else None,
+                run_id=run_id,
+                reason="invalid_report",
+                subject=f"animus.report.{run_id or 'nobody'}",
+                stream_sequence=sequence,
+                sha256="0" * 64,
+                size=3,
+                dead_letter_subject=f"animus.deadletter.report.{run_id or 'nobody'}",
+            )
+            return NewEvent(
+                stream_type="coordinator",
+                stream_id="coordinator-rejected-reports",
+                project_id=event.project_id,
+                event=event,
+            )
+
+        late = await fold([rejected("run-r1", 1), rejected(None, 2)])
+
+        [row] = await select("SELECT * FROM rm.runs WHERE run_id = %s", "run-r1")
+        assert row["rejected_reports"] == 1
+        assert row["status"] == "succeeded"
+        assert row["finished_at"] == run[-1].recorded_at
+        assert row["last_position"] == late[0].position
 
 
 class TestCheckpoint:
