@@ -487,15 +487,16 @@ async def project_batch(
     return await Projector(schema).apply(conn, events)
 
 
+_CHECKPOINT_QUERY = "SELECT position FROM projector_checkpoints WHERE name = %s"
+
+
 async def read_checkpoint(
     pool: AsyncConnectionPool, name: str = DEFAULT_CHECKPOINT
 ) -> int:
     """The position a projector has folded up to (0 before its first batch)."""
     with translate_db_errors():
         async with pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT position FROM projector_checkpoints WHERE name = %s", (name,)
-            )
+            cur = await conn.execute(_CHECKPOINT_QUERY, (name,))
             row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -517,18 +518,22 @@ async def wait_for_position(
         seconds without it.
     """
     watcher = _watcher(pool, name)
-    if watcher.position >= position:
-        return True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    # While the watcher listens, it knows every checkpoint: it read the row
+    # when LISTEN began and hears each one since. Read the row only when it
+    # does not listen, or when a wait ran out (a notification gone missing).
+    poll = not watcher.listening
     while True:
-        watcher.note(await read_checkpoint(pool, name))
+        if poll:
+            watcher.note(await read_checkpoint(pool, name))
         if watcher.position >= position:
             return True
         remaining = deadline - loop.time()
         if remaining <= 0:
             return False
-        await watcher.changed(min(remaining, 0.25))
+        woken = await watcher.changed(min(remaining, 0.25))
+        poll = not (woken and watcher.listening)
 
 
 class _CheckpointWatcher:
@@ -539,6 +544,7 @@ class _CheckpointWatcher:
         self._conninfo = conninfo
         self._name = name
         self.position = 0
+        self.listening = False
         self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._listen(), name=f"watch-{name}")
 
@@ -548,9 +554,13 @@ class _CheckpointWatcher:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    async def changed(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
+    async def changed(self, timeout: float) -> bool:
+        """Wait for a higher checkpoint; False when `timeout` ran out first."""
+        try:
             await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _listen(self) -> None:
         prefix = f"{self._name}:"
@@ -560,11 +570,16 @@ class _CheckpointWatcher:
                     self._conninfo, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {PROJECTED_CHANNEL}")
+                    cur = await conn.execute(_CHECKPOINT_QUERY, (self._name,))
+                    row = await cur.fetchone()
+                    self.note(int(row[0]) if row else 0)
+                    self.listening = True
                     async for note in conn.notifies():
                         if note.payload.startswith(prefix):
                             self.note(int(note.payload[len(prefix) :]))
             except Exception as exc:  # noqa: BLE001 - polling still answers
                 log.debug("checkpoint_watch_lost", error=repr(exc))
+            self.listening = False
             await asyncio.sleep(1.0)
 
 
