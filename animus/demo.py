@@ -395,7 +395,7 @@ def run_demo(settings: Settings, *, as_json: bool) -> int:
     if stack is not None:  # on stderr with --json, beside the JSON
         console.print(
             f"To explore, keep one running: `animus up`, then the API at {url} "
-            f"and its docs at {url}/schema/swagger"
+            f"and its docs at {url}/docs"
         )
     ok = (
         result["status"] == "succeeded"

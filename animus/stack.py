@@ -295,7 +295,7 @@ def run_up(settings: Settings) -> int:
         supervisor.wait_ready()
         url = gateway_url(supervisor.settings)
         out.print(
-            f"[bold green]Animus is up[/]: API {url}  docs {url}/schema/swagger  "
+            f"[bold green]Animus is up[/]: API {url}  docs {url}/docs  "
             f"logs {supervisor.home / 'logs'}  (Ctrl-C stops everything)"
         )
         while True:
