@@ -15,6 +15,7 @@ from collections.abc import Generator
 import structlog
 import uvicorn
 
+from animus.runtime import settle_heap
 from animus.settings import Settings
 from gateway.app import create_app
 
@@ -50,6 +51,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         ConfigurationError: a setting the gateway needs is missing or wrong.
     """
     config = server_config(settings)
+    settle_heap()  # the app, its routes and schemas live as long as we do
     if stop is None:
         await uvicorn.Server(config).serve()
         return
