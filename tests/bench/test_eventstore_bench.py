@@ -71,6 +71,7 @@ async def test_append_throughput(bench_dsn: str) -> None:
             ("8 concurrent, 1 event/command", 8, 1000, 1),
             ("32 concurrent, 1 event/command", 32, 500, 1),
             ("8 concurrent, batches of 100", 8, 40, 100),
+            ("32 concurrent, batches of 100", 32, 10, 100),
         ):
             rate = await _writers(
                 store, writers=writers, per_writer=per_writer, batch=batch
