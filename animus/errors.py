@@ -51,7 +51,13 @@ class AlreadyExistsError(ConflictError):
 
 
 class ValidationError(AnimusError):
+    """Refused content; `field` names the refused field where one is to blame."""
+
     title = "Validation failed"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
 
 
 class StoreError(AnimusError):

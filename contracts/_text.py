@@ -34,5 +34,14 @@ ParameterName = Annotated[
 ]
 """A run parameter's name: a letter or underscore, then letters, digits, `_.-`."""
 
-ShortText = Annotated[StorableText, StringConstraints(max_length=200)]
-LongText = Annotated[StorableText, StringConstraints(max_length=10_000)]
+# The length constraint comes before the storability check: a constraint
+# after a validator is checked as a generic sequence ("at most 200 items").
+ShortText = Annotated[
+    str, StringConstraints(max_length=200), AfterValidator(check_storable)
+]
+"""Storable text of at most 200 characters."""
+
+LongText = Annotated[
+    str, StringConstraints(max_length=10_000), AfterValidator(check_storable)
+]
+"""Storable text of at most 10,000 characters."""

@@ -7,6 +7,10 @@ status, title and detail. Our own 4xx errors keep their detail; anything 5xx
 answers a stable detail (never driver text), and an unexpected error is
 logged once, with its traceback, here and nowhere else.
 
+Validation errors name fields in the caller's terms: `field_errors` drops
+the segments pydantic adds to a location for the members of a union, so
+`parameters.a` is refused once, with the types it takes.
+
     AnimusError (animus.errors)
     ├── BadRequest                the body is not acceptable JSON (400)
     │   └── UploadInterrupted     the client stopped sending the body (400)
@@ -14,12 +18,14 @@ logged once, with its traceback, here and nowhere else.
     ├── PermissionDenied          the route or the role refuses (403)
     ├── NotReady                  a dependency is down (503)
     ├── IdempotencyKeyMismatch    a key reused for another request (422)
+    ├── InvalidBody               JSON whose values no route takes (422)
     └── IdempotencyKeyInProgress  the key's first request still runs (409)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -91,6 +97,18 @@ class IdempotencyKeyMismatch(ValidationError):
     title = "Idempotency key mismatch"
 
 
+class InvalidBody(ValidationError):
+    """A JSON body with values no route takes; `errors` name each field."""
+
+    title = "Invalid body"
+
+    def __init__(
+        self, detail: str, *, errors: Sequence[Mapping[str, str]] = ()
+    ) -> None:
+        super().__init__(detail)
+        self.errors = [dict(error) for error in errors]
+
+
 class IdempotencyKeyInProgress(ConflictError):
     title = "Idempotency key in progress"
 
@@ -123,6 +141,7 @@ PROBLEMS: dict[type[Exception], ProblemKind] = {
     TooLarge: ProblemKind(413, "too-large"),
     ValidationError: ProblemKind(422, "validation-failed"),
     IdempotencyKeyMismatch: ProblemKind(422, "idempotency-key-mismatch"),
+    InvalidBody: ProblemKind(422, "invalid-body"),
     IdempotencyKeyInProgress: ProblemKind(409, "idempotency-key-in-progress"),
     DigestMismatch: ProblemKind(422, "digest-mismatch"),
     EmptyUpload: ProblemKind(422, "empty-upload"),
@@ -177,6 +196,10 @@ def _extras(exc: Exception) -> dict[str, Any]:
         return {"headers": {"WWW-Authenticate": challenge}}
     if isinstance(exc, NotReady):
         return {"extra": {"checks": exc.checks}}
+    if isinstance(exc, InvalidBody):
+        return {"extra": {"errors": exc.errors}}
+    if isinstance(exc, ValidationError) and exc.field is not None:
+        return {"extra": {"errors": [{"field": exc.field, "message": exc.detail}]}}
     return {}
 
 
@@ -235,23 +258,140 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     """Path errors mean no such resource; query errors 400; body errors 422."""
     items = [item for item in exc.extra or [] if isinstance(item, Mapping)]
     sources = {_source_of(item) for item in items}
-    errors = [
-        {"field": str(item.get("key", "")), "message": str(item.get("message", ""))}
-        for item in items
-    ]
     if sources == {"path"}:
         return _problem(ProblemKind(404, "not-found"), "no resource at this path")
     if sources & {"query", "header", "cookie"}:
+        errors = _litestar_errors(items)
+        names = ", ".join(sorted({error["field"] for error in errors} - {""}))
         return _problem(
             ProblemKind(400, "invalid-parameter"),
-            "a parameter is invalid",
+            f"invalid parameter: {names}" if names else "a parameter is invalid",
+            title="Invalid parameter",
             extra={"errors": errors},
         )
+    raw = getattr(exc.__cause__, "errors", None)
+    if _is_pydantic_errors(raw):
+        errors = field_errors(raw)
+    else:
+        errors = _litestar_errors(items)
     return _problem(
         ProblemKind(422, "invalid-body"),
         "the request body does not validate",
+        title=InvalidBody.title,
         extra={"errors": errors},
     )
+
+
+def _litestar_errors(items: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    return [
+        {"field": str(item.get("key", "")), "message": str(item.get("message", ""))}
+        for item in items
+    ]
+
+
+def _is_pydantic_errors(raw: object) -> bool:
+    """Whether `raw` is pydantic's error list (a body model refused the body)."""
+    return (
+        isinstance(raw, list)
+        and bool(raw)
+        and all(isinstance(error, Mapping) and "loc" in error for error in raw)
+    )
+
+
+_SCHEMA_TAG = re.compile(r"^[a-z][a-z0-9_-]*\[.*\]$")
+"""A union member named by its schema: `function-after[check_storable(), str]`."""
+
+_SCALAR_TAGS = {"str": "string_", "int": "int_", "float": "float_", "bool": "bool_"}
+"""A scalar union member's name, and how the types of its own errors begin."""
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean",
+    "bool_parsing": "a boolean",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "a list",
+    "none_required": "null",
+}
+"""Errors that only say the value has another type, and the type expected."""
+
+
+def field_errors(raw: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Pydantic's errors as `{"field", "message"}`, one per field.
+
+    A union adds a segment naming the member to the location of each
+    member's error (`parameters.a.function-after[check_storable(), str]`,
+    `parameters.a.int`, ...). Those segments are dropped, and the errors of
+    one union become one message: what the member that took the value's type
+    refused, else the types the field takes.
+    """
+    by_field: dict[str, list[Mapping[str, Any]]] = {}
+    for error in raw:
+        by_field.setdefault(_field_of(error), []).append(error)
+    return [
+        {"field": name, "message": _union_message(errors)}
+        for name, errors in by_field.items()
+    ]
+
+
+def _field_of(error: Mapping[str, Any]) -> str:
+    loc = list(error.get("loc", ()))
+    kind = str(error.get("type", ""))
+    if loc and loc[-1] in _SCALAR_TAGS and kind.startswith(_SCALAR_TAGS[loc[-1]]):
+        loc.pop()
+    return ".".join(
+        _printable(str(part))
+        for part in loc
+        if not (isinstance(part, str) and _SCHEMA_TAG.match(part))
+    )
+
+
+def _union_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    refused = [error for error in errors if error.get("type") not in _EXPECTED]
+    if len(errors) == 1 or refused:
+        return "; ".join(
+            dict.fromkeys(_message_of(error) for error in refused or errors)
+        )
+    expected = list(dict.fromkeys(_EXPECTED[str(error["type"])] for error in errors))
+    choices = ", ".join(expected[:-1]) + " or " + expected[-1]
+    return f"Input should be {choices}{_got(errors[0])}"
+
+
+def _message_of(error: Mapping[str, Any]) -> str:
+    return _printable(str(error.get("msg", ""))).removeprefix("Value error, ")
+
+
+def _got(error: Mapping[str, Any]) -> str:
+    """What the refused value is, in JSON's words."""
+    if "input" not in error:
+        return ""
+    value = error["input"]
+    for kind, noun in _JSON_KINDS:
+        if isinstance(value, kind):
+            return f", not {noun}"
+    return ""
+
+
+_JSON_KINDS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (Mapping, "an object"),
+    (list, "a list"),
+    (type(None), "null"),
+)
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates escaped, so the answer encodes as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _source_of(item: Mapping[str, Any]) -> str:

@@ -5,10 +5,13 @@ Order, each step refusing before the next costs anything:
 1. size: Litestar's `request_max_body_size` answers 413 from the
    `Content-Length` header, or while streaming a body without one, so at
    most the limit is ever buffered;
-2. encoding: the bytes must be UTF-8 (400);
-3. nesting: a scan of brackets outside strings refuses depth > 64 (400)
+2. presence: a route whose body is required refuses an empty one (422);
+3. encoding: the bytes must be UTF-8 (400);
+4. nesting: a scan of brackets outside strings refuses depth > 64 (400)
    before any parser recurses;
-4. syntax: the JSON must parse (400).
+5. syntax: the JSON must parse (400). Valid JSON that escapes a lone UTF-16
+   surrogate (`"\\ud800"`) is refused by the parser too; it answers 422
+   naming the fields, as such text cannot be stored.
 
 Field rules (NUL, lone surrogates, lengths) belong to the contracts and
 answer 422. Upload routes take raw bytes and are limited in `datasets`.
@@ -16,18 +19,21 @@ answer 422. Upload routes take raw bytes and are limited in `datasets`.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from litestar.exceptions import InternalServerException, SerializationException
 
-from gateway.errors import BadRequest, UploadInterrupted
+from gateway.errors import BadRequest, InvalidBody, UploadInterrupted
 
 if TYPE_CHECKING:
     from litestar import Request
 
 MAX_JSON_DEPTH = 64
+MAX_FIELD_ERRORS = 20
+BODY_REQUIRED = "a JSON body is required"
 
 # A JSON string (escapes included) or one bracket; strings are skipped whole.
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
@@ -91,6 +97,55 @@ def takes_json_body(request: Request[Any, Any, Any]) -> bool:
     return "data" in request.route_handler.parsed_fn_signature.parameters
 
 
+def requires_json_body(request: Request[Any, Any, Any]) -> bool:
+    data = request.route_handler.parsed_fn_signature.parameters["data"]
+    return not (data.is_optional or data.has_default)
+
+
+def check_storable_json(body: bytes) -> None:
+    """Refuse JSON that escapes lone surrogates, naming where they are.
+
+    Called once the strict parser refused `body`; a body the lenient
+    standard parser cannot read either is left to answer 400.
+
+    Raises:
+        InvalidBody: a string or a key holds a lone UTF-16 surrogate.
+    """
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    fields = list(_surrogate_fields(value, ()))
+    if not fields:
+        return
+    message = "contains a lone UTF-16 surrogate, which cannot be stored as text"
+    raise InvalidBody(
+        "the body holds text that cannot be stored (a lone UTF-16 surrogate)",
+        errors=[
+            {"field": field, "message": message} for field in fields[:MAX_FIELD_ERRORS]
+        ],
+    )
+
+
+def _surrogate_fields(value: Any, path: tuple[str, ...]) -> Iterator[str]:
+    """The dotted paths of strings and keys in `value` that hold a surrogate."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            yield ".".join(path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = key.encode("utf-8", "backslashreplace").decode("utf-8")
+            if _SURROGATE.search(key):
+                yield ".".join((*path, name))
+            yield from _surrogate_fields(item, (*path, name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _surrogate_fields(item, (*path, str(index)))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 async def check_json_body(request: Request[Any, Any, Any]) -> None:
     """`before_request` hook: size, encoding, nesting and syntax of the body.
 
@@ -101,11 +156,15 @@ async def check_json_body(request: Request[Any, Any, Any]) -> None:
         return None
     body = await read_body(request)
     if not body.strip():
+        if requires_json_body(request):
+            field = {"field": "", "message": BODY_REQUIRED}
+            raise InvalidBody(BODY_REQUIRED, errors=[field])
         return None
     check_utf8(body)
     check_nesting(body)
     try:
         await request.json()
     except SerializationException as exc:
+        check_storable_json(body)
         raise BadRequest("the body is not valid JSON") from exc
     return None

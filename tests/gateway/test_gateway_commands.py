@@ -148,12 +148,13 @@ class TestRefusalsAppendNothing:
         assert_problem(answer, 413)
         assert await head() == before
 
-    @pytest.mark.parametrize(("name", "status"), [("a\u0000b", 422), ("\ud800", 400)])
+    @pytest.mark.parametrize("name", ["a\u0000b", "\ud800"])
     async def test_nul_or_a_lone_surrogate_in_a_name_is_refused(
-        self, client: Client, head: Head, name: str, status: int
+        self, client: Client, head: Head, name: str
     ) -> None:
-        """NUL is refused by the contracts (422); the JSON decoder refuses a
-        lone surrogate escape as invalid JSON (400). Neither appends."""
+        """NUL is refused by the contracts; a lone surrogate escape is valid
+        JSON that the strict decoder refuses, answered the same way: 422
+        naming the field. Neither appends."""
         project_id = await create_project(client)
         before = await head()
         raw = (
@@ -166,7 +167,97 @@ class TestRefusalsAppendNothing:
             content=raw,
             headers={**ALICE, "Content-Type": "application/json"},
         )
-        assert_problem(answer, status)
+        problem = assert_problem(answer, 422)
+        assert [error["field"] for error in problem["errors"]] == ["name"]
+        assert await head() == before
+
+    @pytest.mark.parametrize(
+        ("raw", "field"),
+        [
+            (
+                r'{"command": ["true"], "parameters": {"seed": "\udc00"}}',
+                "parameters.seed",
+            ),
+            (r'{"command": ["true", "\ud800x"]}', "command.1"),
+            (
+                r'{"command": ["true"], "parameters": {"\ud800": 1}}',
+                r"parameters.\ud800",
+            ),
+        ],
+    )
+    async def test_a_lone_surrogate_anywhere_in_a_spec_is_422_naming_it(
+        self, client: Client, head: Head, raw: str, field: str
+    ) -> None:
+        project_id = await create_project(client)
+        before = await head()
+        answer = await client.post(
+            f"/projects/{project_id}/runs",
+            content=raw.encode(),
+            headers={**ALICE, "Content-Type": "application/json"},
+        )
+        problem = assert_problem(answer, 422)
+        assert "lone UTF-16 surrogate" in problem["detail"]
+        assert [error["field"] for error in problem["errors"]] == [field]
+        assert await head() == before
+
+    @pytest.mark.parametrize("path", ["/projects", "/projects/{project}/runs"])
+    async def test_an_empty_body_is_422_saying_a_body_is_required(
+        self, client: Client, head: Head, path: str
+    ) -> None:
+        path = path.format(project=await create_project(client))
+        before = await head()
+        answer = await client.post(
+            path, headers={**ALICE, "Content-Type": "application/json"}
+        )
+        problem = assert_problem(answer, 422)
+        assert problem["detail"] == "a JSON body is required"
+        assert problem["errors"] == [
+            {"field": "", "message": "a JSON body is required"}
+        ]
+        assert await head() == before
+
+    @pytest.mark.parametrize(
+        ("value", "got"),
+        [({"b": 1}, "an object"), ([1], "a list"), (None, "null")],
+    )
+    async def test_a_parameter_of_another_type_is_named_without_validator_names(
+        self, client: Client, head: Head, value: Any, got: str
+    ) -> None:
+        project_id = await create_project(client)
+        before = await head()
+        answer = await client.post(
+            f"/projects/{project_id}/runs",
+            json={"command": ["true"], "parameters": {"a": value}},
+            headers=ALICE,
+        )
+        problem = assert_problem(answer, 422)
+        assert problem["errors"] == [
+            {
+                "field": "parameters.a",
+                "message": "Input should be a string, an integer, a number or "
+                f"a boolean, not {got}",
+            }
+        ]
+        assert await head() == before
+
+    async def test_a_reason_too_long_is_counted_in_characters(
+        self, client: Client, head: Head
+    ) -> None:
+        project_id = await create_project(client)
+        submitted = await client.post(
+            f"/projects/{project_id}/runs", json=spec(), headers=ALICE
+        )
+        run_id = submitted.json()["run_id"]
+        before = await head()
+        answer = await client.post(
+            f"/projects/{project_id}/runs/{run_id}/cancel",
+            json={"reason": "x" * 500},
+            headers=ALICE,
+        )
+        problem = assert_problem(answer, 422)
+        assert problem["errors"] == [
+            {"field": "reason", "message": "String should have at most 200 characters"}
+        ]
         assert await head() == before
 
     async def test_a_nul_in_a_run_parameter_is_422(
@@ -178,7 +269,13 @@ class TestRefusalsAppendNothing:
         answer = await client.post(
             f"/projects/{project_id}/runs", json=body, headers=ALICE
         )
-        assert_problem(answer, 422)
+        problem = assert_problem(answer, 422)
+        assert problem["errors"] == [
+            {
+                "field": "parameters.label",
+                "message": "text must not contain NUL or unpaired surrogates",
+            }
+        ]
         assert await head() == before
 
     async def test_an_integer_beyond_json_precision_is_422(
