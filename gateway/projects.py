@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, get, post
-from litestar.params import Parameter
 from litestar.response import Response
 
 from contracts.api import Project, ProjectList, ProjectReceipt
@@ -13,6 +12,8 @@ from contracts.commands import CreateProject
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.routing import (
     IdempotencyKey,
+    Limit,
+    Offset,
     ProjectId,
     answer_command,
     command_context,
@@ -22,9 +23,6 @@ from gateway.routing import (
 )
 from gateway.services import GatewayServices
 from projections import queries
-
-Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
 
 
 @post(

@@ -34,6 +34,11 @@ log = structlog.get_logger(__name__)
 
 READ_YOUR_WRITES_TIMEOUT = 5.0
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+MAX_PAGE_SIZE = 500
+MAX_OFFSET = 2**31 - 1
+"""The largest `offset` a paged list takes; beyond it the query answers 400
+naming the parameter (the database's OFFSET is a 64-bit integer, and no list
+is that long)."""
 
 ProjectId = Annotated[
     str, Parameter(pattern=IDENTIFIER_PATTERN, description="Project id")
@@ -42,6 +47,14 @@ DatasetId = Annotated[
     str, Parameter(pattern=IDENTIFIER_PATTERN, description="Dataset id")
 ]
 RunId = Annotated[str, Parameter(pattern=RUN_ID_PATTERN, description="Run id")]
+Limit = Annotated[
+    int,
+    Parameter(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}"),
+]
+Offset = Annotated[
+    int,
+    Parameter(ge=0, le=MAX_OFFSET, description=f"Items to skip, 0 to {MAX_OFFSET}"),
+]
 IdempotencyKey = Annotated[
     str | None,
     Parameter(

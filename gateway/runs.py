@@ -25,6 +25,8 @@ from gateway.auth import PERMISSION_OPT, Permission
 from gateway.downloads import stream_object
 from gateway.routing import (
     IdempotencyKey,
+    Limit,
+    Offset,
     ProjectId,
     RunId,
     answer_command,
@@ -36,8 +38,6 @@ from gateway.routing import (
 from gateway.services import GatewayServices
 from projections import queries
 
-Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
-Offset = Annotated[int, Parameter(ge=0, description="Items to skip")]
 StatusFilter = Annotated[
     str | None,
     Parameter(required=False, description="Only runs in this status"),

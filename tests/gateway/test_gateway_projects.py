@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gwtest import ALICE, Client, create_project, new_id
+from gwtest import ALICE, Client, Head, create_project, new_id
+
+from gateway.routing import MAX_OFFSET
 
 
 class TestCreateProject:
@@ -52,6 +54,38 @@ class TestCreateProject:
         answer = await client.get("/projects?limit=0", headers=ALICE)
         assert answer.status_code == 400
         assert answer.json()["errors"][0]["field"] == "limit"
+
+
+class TestPaging:
+    """Every paged list takes the same bounded `limit` and `offset`."""
+
+    @pytest.mark.parametrize("route", ["/projects", "/projects/{project}/runs"])
+    @pytest.mark.parametrize(
+        "offset", ["99999999999999999999", str(2**63), str(2**31), "-1"]
+    )
+    async def test_an_offset_out_of_range_is_400_naming_it(
+        self, client: Client, head: Head, route: str, offset: str
+    ) -> None:
+        path = route.format(project=await create_project(client))
+        before = await head()
+        answer = await client.get(f"{path}?offset={offset}", headers=ALICE)
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        problem = answer.json()
+        assert problem["type"].endswith("invalid-parameter")
+        assert problem["detail"] == "invalid parameter: offset"
+        assert [error["field"] for error in problem["errors"]] == ["offset"]
+        assert await head() == before
+
+    @pytest.mark.parametrize("route", ["/projects", "/projects/{project}/runs"])
+    async def test_the_largest_offset_is_an_empty_page(
+        self, client: Client, route: str
+    ) -> None:
+        path = route.format(project=await create_project(client))
+        answer = await client.get(f"{path}?offset={MAX_OFFSET}", headers=ALICE)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["items"] == []
+        assert answer.json()["offset"] == MAX_OFFSET == 2**31 - 1
 
 
 class TestReadProject:
