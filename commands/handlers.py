@@ -275,10 +275,12 @@ class CommandHandlers:
 
         Raises:
             NotFoundError: the project does not exist.
-            ValidationError: the spec is invalid, or an input names a dataset
-                or version that is not committed.
+            ValidationError: the spec is invalid, asks for what its executor
+                cannot give (secrets, GPUs), or an input names a dataset or
+                version that is not committed.
         """
         spec = _validated_spec(data)
+        run.check_executor_supports(spec)
         await self._check_project(project_id)
         inputs = await self._resolve_inputs(project_id, spec)
         spec_hash = canonical_sha256(spec)

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from animus.errors import ConflictError, NotFoundError
+from animus.errors import ConflictError, NotFoundError, ValidationError
 from animus.eventstore import RecordedEvent
 from contracts.bus import MAX_INT32, MAX_SAFE_INTEGER, ReportKind, RunReport
 from contracts.commands import CancelRun
@@ -70,7 +70,7 @@ from contracts.events import (
     RunSucceeded,
     decode_event,
 )
-from contracts.runs import FailureReason
+from contracts.runs import FailureReason, RunSpec
 
 STREAM_TYPE = "run"
 
@@ -222,6 +222,46 @@ def _advance(state: RunState, event: DomainEvent) -> RunState:
         case RunCanceled():
             return replace(state, status=RunStatus.CANCELED)
     return state
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecutorCapabilities:
+    """What an executor kind can give a workload beyond a confined process."""
+
+    injects_secrets: bool
+    max_gpus: int
+
+
+EXECUTOR_CAPABILITIES: dict[str, ExecutorCapabilities] = {
+    "local": ExecutorCapabilities(injects_secrets=False, max_gpus=0),
+}
+"""By the executor a plan names (`RunPlan.executor`, the launch subject)."""
+
+
+def check_executor_supports(spec: RunSpec) -> None:
+    """Refuse a spec that its executor would fail at launch or silently ignore.
+
+    Raises:
+        ValidationError: the executor cannot inject the spec's secrets or
+            give it the GPUs it asks for.
+    """
+    capabilities = EXECUTOR_CAPABILITIES.get(spec.executor)
+    if capabilities is None:
+        return
+    if spec.secret_refs and not capabilities.injects_secrets:
+        raise ValidationError(
+            f"the {spec.executor} executor cannot inject secrets, so the run "
+            "would fail at launch; submit it without secret_refs",
+            field="secret_refs",
+        )
+    gpus, most = spec.resources.gpus, capabilities.max_gpus
+    if gpus > most:
+        available = "no GPUs" if most == 0 else f"at most {most} GPUs"
+        raise ValidationError(
+            f"the {spec.executor} executor gives a workload {available}, not "
+            f"the {gpus} asked for in resources.gpus, which would be ignored",
+            field="resources.gpus",
+        )
 
 
 def decide_cancel(state: RunState, cmd: CancelRun) -> list[DomainEvent]:

@@ -43,7 +43,13 @@ class Resources(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     cpu: float = Field(default=1.0, gt=0, le=64)
     memory_mb: int = Field(default=1024, ge=16, le=1_048_576)
-    gpus: int = Field(default=0, ge=0, le=16)
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="GPUs to give the workload; the local executor has none "
+        "and refuses a spec that asks for any",
+    )
 
 
 class RunSpec(BaseModel):
@@ -68,7 +74,12 @@ class RunSpec(BaseModel):
     parameters: dict[ParameterName, ParameterValue] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
     timeout_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
-    secret_refs: list[Identifier] = Field(default_factory=list, max_length=32)
+    secret_refs: list[Identifier] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Secrets to inject at launch; the local executor cannot "
+        "inject any and refuses a spec that names some",
+    )
     executor: Literal["local"] = "local"
 
     @field_validator("command")

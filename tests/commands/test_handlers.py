@@ -14,6 +14,7 @@ from commands.handlers import (
     canonical_sha256,
     new_run_id,
 )
+from commands.run import check_executor_supports
 from contracts.runs import RunSpec
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"  # gateway.routing
@@ -93,3 +94,22 @@ class TestContext:
             "request_id": "r1",
             "command": "SubmitRun",
         }
+
+
+class TestExecutorCapabilities:
+    def test_a_local_run_without_secrets_or_gpus_is_accepted(self) -> None:
+        check_executor_supports(spec(resources={"gpus": 0}))
+
+    @pytest.mark.parametrize(
+        ("fields", "field"),
+        [
+            ({"secret_refs": ["db-password"]}, "secret_refs"),
+            ({"resources": {"gpus": 2}}, "resources.gpus"),
+        ],
+    )
+    def test_secrets_or_gpus_on_the_local_executor_are_refused(
+        self, fields: dict[str, object], field: str
+    ) -> None:
+        with pytest.raises(ValidationError, match="the local executor") as refused:
+            check_executor_supports(spec(**fields))
+        assert refused.value.field == field

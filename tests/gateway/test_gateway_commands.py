@@ -290,6 +290,35 @@ class TestRefusalsAppendNothing:
         assert_problem(answer, 422)
         assert await head() == before
 
+    @pytest.mark.parametrize(
+        ("fields", "field", "words"),
+        [
+            ({"secret_refs": ["x"]}, "secret_refs", "cannot inject secrets"),
+            ({"resources": {"gpus": 1}}, "resources.gpus", "no GPUs"),
+        ],
+    )
+    async def test_what_the_local_executor_cannot_give_is_refused_at_submit(
+        self,
+        client: Client,
+        head: Head,
+        fields: dict[str, Any],
+        field: str,
+        words: str,
+    ) -> None:
+        """Secrets would fail the run at launch and GPUs would be ignored."""
+        project_id = await create_project(client)
+        before = await head()
+        answer = await client.post(
+            f"/projects/{project_id}/runs",
+            json={"command": ["true"], **fields},
+            headers=ALICE,
+        )
+        problem = assert_problem(answer, 422)
+        assert problem["detail"].startswith("the local executor ")
+        assert words in problem["detail"]
+        assert problem["errors"] == [{"field": field, "message": problem["detail"]}]
+        assert await head() == before
+
 
 class TestIdempotentRuns:
     async def test_same_key_same_body_is_one_answer_and_one_run(
