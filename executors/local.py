@@ -899,13 +899,15 @@ class LocalExecutor:
                 "failed",
                 "out_of_memory",
                 exit_code=exit_code,
-                message=f"the workload ran out of memory (limit {limit} MB)\n{tail}",
+                message=_with_tail(
+                    f"the workload ran out of memory (limit {limit} MB)", tail
+                ),
             )
         return _Outcome(
             "failed",
             "nonzero_exit",
             exit_code=exit_code,
-            message=f"exit code {exit_code}\n{tail}",
+            message=_with_tail(f"exit code {exit_code}", tail),
         )
 
     async def _conclude_with(self, attempt: _Attempt, outcome: _Outcome) -> None:
@@ -1129,6 +1131,12 @@ def _exit_time(status: dict[str, Any] | None) -> str | None:
         return None
     stamp = datetime.fromtimestamp(finished, UTC)
     return stamp.isoformat().replace("+00:00", "Z")
+
+
+def _with_tail(headline: str, tail: str) -> str:
+    """`headline`, then the log's tail on the next lines when there is one."""
+    tail = tail.strip()
+    return f"{headline}\n{tail}" if tail else headline
 
 
 def _log_tail(path: Path, limit: int = MESSAGE_TAIL_CHARS) -> str:

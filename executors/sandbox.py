@@ -13,6 +13,10 @@ Where bubblewrap is missing the executor refuses to run anything, unless
 `allow_unsandboxed` is set (never in production); then the command runs as a
 plain child process with `/inputs` and `/outputs` in its argv rewritten to the
 workspace folders, and every launch logs a warning.
+
+In both modes the command is started through `exec_helper` (inline, as
+`python -I -S -c`), which tells the shim when the command could not be
+executed at all, so that ends as `exec_failed` rather than as an exit code.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import structlog
@@ -38,6 +43,7 @@ log = structlog.get_logger(__name__)
 SANDBOX_INPUTS = "/inputs"
 SANDBOX_OUTPUTS = "/outputs"
 SANDBOX_HOSTNAME = "animus-sandbox"
+EXEC_HELPER = Path(__file__).resolve().with_name("exec_helper.py")
 
 # Top-level system folders: bound read-only, or re-created as the same symlink
 # where the host has merged /usr.
@@ -241,10 +247,22 @@ def unsandboxed_argv(command: Sequence[str], layout: SandboxLayout) -> list[str]
     return [rewrite(arg) for arg in command]
 
 
+@cache
+def _exec_helper_source() -> str:
+    return EXEC_HELPER.read_text(encoding="utf-8")
+
+
+def exec_helper_argv(command: Sequence[str]) -> list[str]:
+    """`command` started through the exec helper, by this executor's Python."""
+    return [sys.executable, "-I", "-S", "-c", _exec_helper_source(), *command]
+
+
 def build_argv(
     policy: SandboxPolicy, command: Sequence[str], layout: SandboxLayout
 ) -> list[str]:
+    """What the shim starts: the sandbox (or dev mode's bare process) running
+    `command` through the exec helper."""
     if policy.mode is SandboxMode.BWRAP:
         assert policy.bwrap is not None
-        return bwrap_argv(policy.bwrap, command, layout)
-    return unsandboxed_argv(command, layout)
+        return bwrap_argv(policy.bwrap, exec_helper_argv(command), layout)
+    return exec_helper_argv(unsandboxed_argv(command, layout))

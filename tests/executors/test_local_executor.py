@@ -165,6 +165,68 @@ async def test_nonzero_exit_reports_failed_with_the_code(harness: Harness) -> No
     assert any(r.artifact and r.artifact.name == LOG_ARTIFACT for r in reports)
 
 
+async def test_a_silent_nonzero_exit_says_only_the_code(harness: Harness) -> None:
+    launch = make_launch(["false"])
+    async with harness.running():
+        await harness.launch(launch)
+        reports = await harness.reports(launch.run_id)
+    final = reports[-1]
+    assert (final.kind, final.reason, final.exit_code) == ("failed", "nonzero_exit", 1)
+    assert final.message == "exit code 1"
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["definitely-not-a-command"], "command not found: definitely-not-a-command"),
+        (["/inputs/missing/train"], "command not found: /inputs/missing/train"),
+        (["/outputs"], "command not executable: /outputs (permission denied)"),
+    ],
+)
+async def test_a_command_that_cannot_be_executed_fails_with_exec_failed(
+    harness: Harness, command: list[str], message: str
+) -> None:
+    launch = make_launch(command)
+    async with harness.running():
+        await harness.launch(launch)
+        reports = await harness.reports(launch.run_id)
+    final = reports[-1]
+    assert (final.kind, final.reason) == ("failed", "exec_failed")
+    assert final.message == message
+    assert final.exit_code is None
+    status = json.loads(workspace(harness, launch.run_id).status.read_text())
+    assert status["exec_error"] == message
+    log = next(r.artifact for r in reports if r.artifact and r.artifact.kind == "log")
+    assert await blob_bytes(harness.store, log.object_key) == (
+        f"animus: {message}\n".encode()
+    )
+
+
+async def test_the_exec_helper_leaves_no_trace_in_the_workload(
+    harness: Harness,
+) -> None:
+    """The status pipe is closed at exec and its variable removed."""
+    launch = make_launch(
+        python(
+            """
+            import json, os
+            json.dump({"fds": sorted(os.listdir("/proc/self/fd")),
+                       "env": sorted(k for k in os.environ if "EXEC" in k)},
+                      open("/outputs/seen.json", "w"))
+            """
+        )
+    )
+    async with harness.running():
+        await harness.launch(launch)
+        reports = await harness.reports(launch.run_id)
+    assert reports[-1].kind == "succeeded", reports[-1]
+    seen = json.loads(
+        (workspace(harness, launch.run_id).outputs / "seen.json").read_text()
+    )
+    assert seen["env"] == []
+    assert seen["fds"] == ["0", "1", "2", "3"]  # stdio and the listing itself
+
+
 async def test_timeout_kills_and_reports_failed_timeout(harness: Harness) -> None:
     launch = make_launch(python("import time; time.sleep(60)"), timeout_seconds=1)
     async with harness.running():

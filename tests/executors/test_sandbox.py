@@ -136,6 +136,43 @@ async def test_unsandboxed_dev_mode_runs_and_warns_on_every_launch(
     assert all(e["log_level"] == "warning" for e in warnings)
 
 
+async def test_unsandboxed_a_command_path_that_does_not_exist_is_exec_failed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """C02, dev mode: exec fails, and that is what the run says."""
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    harness.settings = Settings(
+        home=harness.settings.home, environment="dev", allow_unsandboxed=True
+    )
+    missing = tmp_path / "bin" / "train"
+    launch = make_launch([str(missing), "--epochs", "3"])
+    async with harness.running():
+        await harness.launch(launch)
+        reports = await harness.reports(launch.run_id)
+    final = reports[-1]
+    assert (final.kind, final.reason) == ("failed", "exec_failed")
+    assert final.message == f"command not found: {missing}"
+
+
+def test_build_argv_starts_the_command_through_the_exec_helper(
+    tmp_path: Path,
+) -> None:
+    layout = SandboxLayout(inputs_dir=tmp_path / "in", outputs_dir=tmp_path / "out")
+    helper = [sys.executable, "-I", "-S", "-c", sandbox.EXEC_HELPER.read_text()]
+    bwrap = sandbox.SandboxPolicy(mode=SandboxMode.BWRAP, bwrap="/usr/bin/bwrap")
+    argv = sandbox.build_argv(bwrap, ["python", "/inputs/x"], layout)
+    assert argv[-8:] == ["--", *helper, "python", "/inputs/x"]
+    dev = sandbox.SandboxPolicy(mode=SandboxMode.UNSANDBOXED)
+    argv = sandbox.build_argv(dev, ["python", "/inputs/x"], layout)
+    assert argv == [*helper, "python", f"{tmp_path}/in/x"]
+
+
+def test_the_shim_and_the_exec_helper_name_the_same_pipe() -> None:
+    from executors import exec_helper, shim
+
+    assert shim.EXEC_STATUS_FD == exec_helper.STATUS_FD_VARIABLE
+
+
 @pytest.mark.skipif(sandbox.find_bwrap() is None, reason="bubblewrap is missing")
 def test_a_python_prefix_under_tmp_stays_visible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
