@@ -371,7 +371,8 @@ def _events_for(state: RunState, report: RunReport) -> list[DomainEvent]:
         recorded = ArtifactRecorded.model_validate(artifact)
         return [*_implied_start(state, common), recorded]
     if report.kind == "metrics":
-        metrics = {**common, "metrics": report.metrics}
+        error = storable_text(report.message, _MESSAGE_LIMIT) or None
+        metrics = {**common, "metrics": report.metrics, "metrics_error": error}
         return [*_implied_start(state, common), MetricsRecorded.model_validate(metrics)]
     if report.kind == "heartbeat":
         return _implied_start(state, common)

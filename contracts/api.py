@@ -176,6 +176,12 @@ class Run(RunSummary):
     spec: RunSpec
     plan: RunPlan | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    metrics_error: str | None = Field(
+        default=None,
+        description="Why /outputs/metrics.json was refused in whole or in part "
+        "(not JSON, not an object, a value that is not a finite number); the "
+        "run's outcome is still its exit status and the file is an artifact",
+    )
     artifacts: list[Artifact] = Field(default_factory=list)
 
 

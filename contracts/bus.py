@@ -120,4 +120,8 @@ class RunReport(BaseModel):
     metrics: dict[str, float] | None = None
     exit_code: int | None = Field(default=None, ge=-MAX_INT32 - 1, le=MAX_INT32)
     reason: FailureReason | None = None
-    message: str = ""
+    message: str = Field(
+        default="",
+        description="Free text: a failure's log tail; on a metrics report, why "
+        "metrics.json was refused in whole or in part",
+    )

@@ -106,12 +106,20 @@ class ArtifactRecorded(DomainEvent):
 
 
 class MetricsRecorded(DomainEvent):
+    """The numbers of the workload's metrics.json.
+
+    `metrics_error` says why the file, or some of its entries, was refused
+    (not JSON, not an object, a value that is not a finite number); the run's
+    outcome is still its exit status, and the file is kept as an artifact.
+    """
+
     event_type = "MetricsRecorded"
     project_id: Identifier
     run_id: str
     attempt: int
     report_id: str
     metrics: dict[str, float]
+    metrics_error: LongText | None = None
 
 
 class RunSucceeded(DomainEvent):

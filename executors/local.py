@@ -94,7 +94,7 @@ from executors.sandbox import (
     workload_env,
 )
 
-__all__ = ["LocalExecutor", "Workspace", "report_id"]
+__all__ = ["LocalExecutor", "Workspace", "read_metrics", "report_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -102,10 +102,12 @@ SHIM = Path(__file__).resolve().with_name("shim.py")
 LOG_ARTIFACT = "logs/run.log"
 METRICS_FILE = "metrics.json"
 METRICS_MAX_BYTES = 1024 * 1024
+METRICS_REFUSALS_SHOWN = 10
 MESSAGE_TAIL_CHARS = 2000
 MAX_DELIVERIES_BEFORE_GIVING_UP = 8
 DETACH_TIMEOUT = 10.0
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _OOM_SIGNS = (
     "MemoryError",
     "Cannot allocate memory",
@@ -923,9 +925,12 @@ class LocalExecutor:
                     exit_code=outcome.exit_code,
                     message=f"outputs could not be stored: {exc.detail}",
                 )
-        metrics = _read_metrics(attempt.workspace.outputs / METRICS_FILE)
-        if metrics and not any(r.kind == "metrics" for r in attempt.journal.values()):
-            await self._report(attempt, "metrics", metrics=metrics)
+        metrics, problem = read_metrics(attempt.workspace.outputs / METRICS_FILE)
+        if problem:
+            log.warning("metrics_rejected", problem=problem)
+        reported = any(r.kind == "metrics" for r in attempt.journal.values())
+        if (metrics or problem) and not reported:
+            await self._report(attempt, "metrics", metrics=metrics, message=problem)
         await self._finish(attempt, outcome)
 
     async def _upload_outputs(self, attempt: _Attempt) -> None:
@@ -1101,27 +1106,89 @@ def _output_files(root: Path) -> list[tuple[str, Path]]:
     return sorted(found)
 
 
-def _read_metrics(path: Path) -> dict[str, float]:
-    """Top-level finite numbers of /outputs/metrics.json; {} otherwise."""
+def read_metrics(path: Path) -> tuple[dict[str, float], str]:
+    """The top-level finite numbers of /outputs/metrics.json, and why the
+    file or some of its entries were refused ("" when nothing was).
+
+    No file is no metrics and no problem. The file stays an artifact either
+    way; the run's outcome never depends on it.
+    """
     try:
-        if not stat.S_ISREG(path.lstat().st_mode):
-            return {}
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return {}, ""
+    except OSError as exc:
+        return {}, f"{METRICS_FILE} could not be read ({exc.strerror})"
+    if not stat.S_ISREG(mode):
+        return {}, f"{METRICS_FILE} is not a regular file; no metrics were recorded"
+    try:
         if path.stat().st_size > METRICS_MAX_BYTES:
-            log.warning("metrics_too_large")
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+            return {}, (
+                f"{METRICS_FILE} is larger than {METRICS_MAX_BYTES} bytes; "
+                "no metrics were recorded"
+            )
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        return {}, f"{METRICS_FILE} could not be read ({exc.strerror})"
+    except UnicodeDecodeError as exc:
+        return {}, (
+            f"{METRICS_FILE} is not UTF-8 (byte {exc.start}); no metrics were recorded"
+        )
+    except (ValueError, RecursionError) as exc:
+        return {}, f"{METRICS_FILE} is not valid JSON ({exc}); no metrics were recorded"
     if not isinstance(data, dict):
-        return {}
-    return {
-        str(key): float(value)
-        for key, value in data.items()
-        if isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-        and "\x00" not in str(key)
-    }
+        return {}, (
+            f"{METRICS_FILE} holds {_json_kind(data)}, not an object of numbers; "
+            "no metrics were recorded"
+        )
+    return _metric_values(data)
+
+
+def _metric_values(data: dict[str, Any]) -> tuple[dict[str, float], str]:
+    metrics: dict[str, float] = {}
+    refused: list[str] = []
+    for key, value in data.items():
+        number, why = _metric_value(key, value)
+        if number is None:
+            refused.append(f"{_quoted(key)} {why}")
+        else:
+            metrics[key] = number
+    if not refused:
+        return metrics, ""
+    shown = "; ".join(refused[:METRICS_REFUSALS_SHOWN])
+    if len(refused) > METRICS_REFUSALS_SHOWN:
+        shown += f"; and {len(refused) - METRICS_REFUSALS_SHOWN} more"
+    kept = f"the other {len(metrics)} were recorded" if metrics else "none recorded"
+    return metrics, f"{METRICS_FILE}: refused {shown} ({kept})"
+
+
+def _metric_value(key: str, value: Any) -> tuple[float | None, str]:
+    """One entry of metrics.json as a metric, or why it is not one."""
+    if _UNSTORABLE.search(key):
+        return None, "has a name that cannot be stored (NUL or a lone surrogate)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, f"is {_json_kind(value)}, not a number"
+    try:
+        number = float(value)
+    except OverflowError:
+        return None, "is too large for a number"
+    if not math.isfinite(number):
+        return None, f"is {value}, not a finite number"
+    return number, ""
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {bool: "a boolean", str: "a string", dict: "an object", list: "a list"}
+    for kind, noun in kinds.items():
+        if isinstance(value, kind):
+            return noun
+    return "null" if value is None else "a number"
+
+
+def _quoted(key: str) -> str:
+    """A metric's name for a message: quoted, cut, NUL and surrogates escaped."""
+    quoted = json.dumps(key[:100], ensure_ascii=False)
+    return quoted.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _exit_time(status: dict[str, Any] | None) -> str | None:

@@ -362,7 +362,12 @@ async def apply_metrics_recorded(
             for name, value in payload.metrics.items()
         ],
     )
-    await _touch_run(rm, _params(event, payload))
+    await rm.execute(
+        "UPDATE {rm}.runs SET metrics_error = %(metrics_error)s, "
+        "last_position = greatest(last_position, %(position)s) "
+        "WHERE run_id = %(run_id)s",
+        _params(event, payload),
+    )
 
 
 async def _update_live_run(

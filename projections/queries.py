@@ -27,7 +27,7 @@ _RUN_SUMMARY = (
     "finished_at_source, failure_reason, failure_message, cancel_requested, "
     "exit_code, rejected_reports, last_position"
 )
-_RUN_DETAIL = _RUN_SUMMARY + ", spec, plan"
+_RUN_DETAIL = _RUN_SUMMARY + ", spec, plan, metrics_error"
 _ARTIFACT = "name, sha256, size, object_key, kind"
 _DATASET_VERSION = (
     "project_id, dataset_id, version, sha256, size, object_key, filename, "

@@ -206,6 +206,53 @@ class TestReplayAfterLateReports:
         assert (live["status"], live["failure_reason"]) == ("failed", "nonzero_exit")
 
 
+class TestRefusedMetrics:
+    async def test_a_refused_metrics_file_is_shown_on_the_run_and_replayed(
+        self,
+        runs: Runs,
+        bus: Bus,
+        coordinator: Coordinator,
+        app_pool: AsyncConnectionPool,
+        store: EventStore,
+        project: str,
+        fresh_database: str,
+    ) -> None:
+        """The run still succeeds; GET run and the timeline say what was wrong."""
+        run_id = runs.new_id()
+        await runs.dispatched(run_id)
+        seen = Observer(runs, bus, coordinator, app_pool, store)
+        problem = 'metrics.json: refused "loss" is NaN, not a finite number'
+        await seen.send(runs.report(run_id, "started", seq=1))
+        await seen.send(
+            runs.report(run_id, "metrics", seq=2, metrics={"auc": 0.5}, message=problem)
+        )
+        run = await seen.send(runs.report(run_id, "succeeded", seq=3, exit_code=0))
+
+        assert run["status"] == "succeeded"
+        assert run["metrics"] == {"auc": 0.5}
+        assert run["metrics_error"] == problem
+        events = await runs.events(run_id)
+        recorded = next(e for e in events if e.type == "MetricsRecorded")
+        assert recorded.data["metrics_error"] == problem
+        replayed = await replay(fresh_database)
+        assert replayed.equal and replayed.skipped == ()
+
+    async def test_metrics_read_whole_have_no_error(
+        self,
+        runs: Runs,
+        bus: Bus,
+        coordinator: Coordinator,
+        app_pool: AsyncConnectionPool,
+        store: EventStore,
+        project: str,
+    ) -> None:
+        run_id = runs.new_id()
+        await runs.dispatched(run_id)
+        seen = Observer(runs, bus, coordinator, app_pool, store)
+        run = await seen.send(runs.report(run_id, "metrics", seq=1, metrics={"a": 1}))
+        assert (run["metrics"], run["metrics_error"]) == ({"a": 1.0}, None)
+
+
 class TestPoisonTerminalReports:
     async def test_a_lone_surrogate_and_a_nul_in_the_message_still_finish_the_run(
         self,

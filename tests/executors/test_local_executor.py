@@ -26,7 +26,7 @@ from exectest import (
 )
 
 from animus.storage import BlobStore
-from executors.local import LOG_ARTIFACT, Workspace, report_id
+from executors.local import LOG_ARTIFACT, Workspace, read_metrics, report_id
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed"
@@ -90,14 +90,92 @@ async def test_outputs_metrics_and_log_are_reported(harness: Harness) -> None:
     log_artifact = artifacts[LOG_ARTIFACT]
     assert log_artifact.kind == "log"
     assert b"training done" in await blob_bytes(harness.store, log_artifact.object_key)
-    metrics = next(r for r in reports if r.kind == "metrics").metrics
-    assert metrics == {"accuracy": 0.9, "count": 3.0}
+    metrics = next(r for r in reports if r.kind == "metrics")
+    assert metrics.metrics == {"accuracy": 0.9, "count": 3.0}
+    assert metrics.message == (
+        'metrics.json: refused "nested" is an object, not a number; "flag" is a '
+        'boolean, not a number; "label" is a string, not a number '
+        "(the other 2 were recorded)"
+    )
     assert reports[-1].exit_code == 0
     assert all(r.project_id == "proj-exec" and r.attempt == 1 for r in reports)
     ws = workspace(harness, launch.run_id)
     marker = json.loads(ws.marker.read_text())
     assert marker["sandbox"] == "bwrap" and marker["pid"] > 0
     assert ws.outcome.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("not json", "metrics.json is not valid JSON (Expecting value: line 1"),
+        ('{"loss": NaN}', 'metrics.json: refused "loss" is nan, not a finite'),
+        ("[1, 2]", "metrics.json holds a list, not an object of numbers"),
+    ],
+)
+async def test_a_refused_metrics_file_is_reported_and_kept_as_an_artifact(
+    harness: Harness, content: str, problem: str
+) -> None:
+    """The run's outcome is its exit status; the report says what was wrong."""
+    launch = make_launch(
+        python(f"open('/outputs/metrics.json', 'w').write({content!r})")
+    )
+    async with harness.running():
+        await harness.launch(launch)
+        reports = await harness.reports(launch.run_id)
+    assert reports[-1].kind == "succeeded", reports[-1]
+    [metrics] = [r for r in reports if r.kind == "metrics"]
+    assert metrics.metrics == {}
+    assert metrics.message.startswith(problem), metrics.message
+    [kept] = [r.artifact for r in reports if r.artifact and r.artifact.kind == "output"]
+    assert kept.name == "metrics.json"
+    assert await blob_bytes(harness.store, kept.object_key) == content.encode()
+
+
+class TestReadMetrics:
+    def test_no_file_is_no_metrics_and_no_problem(self, tmp_path: Path) -> None:
+        assert read_metrics(tmp_path / "metrics.json") == ({}, "")
+
+    @pytest.mark.parametrize(
+        ("content", "metrics", "problem"),
+        [
+            (b'{"auc": 0.5, "n": 3}', {"auc": 0.5, "n": 3.0}, ""),
+            (b"\xff{}", {}, "metrics.json is not UTF-8 (byte 0); no metrics"),
+            (b'"fine"', {}, "metrics.json holds a string, not an object of numbers"),
+            (
+                b'{"auc": 0.5, "big": 1e999, "huge": 1' + b"0" * 400 + b"}",
+                {"auc": 0.5},
+                'metrics.json: refused "big" is inf, not a finite number; '
+                '"huge" is too large for a number (the other 1 were recorded)',
+            ),
+            (
+                b'{"a\\u0000b": 1, "\\ud800": 2}',
+                {},
+                'metrics.json: refused "a\\u0000b" has a name that cannot be '
+                'stored (NUL or a lone surrogate); "\\ud800" has a name',
+            ),
+        ],
+    )
+    def test_what_is_refused_is_said(
+        self,
+        tmp_path: Path,
+        content: bytes,
+        metrics: dict[str, float],
+        problem: str,
+    ) -> None:
+        path = tmp_path / "metrics.json"
+        path.write_bytes(content)
+        read, said = read_metrics(path)
+        assert read == metrics
+        assert said.startswith(problem), said
+
+    def test_a_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        (tmp_path / "real.json").write_text('{"a": 1}')
+        (tmp_path / "metrics.json").symlink_to(tmp_path / "real.json")
+        assert read_metrics(tmp_path / "metrics.json") == (
+            {},
+            "metrics.json is not a regular file; no metrics were recorded",
+        )
 
 
 async def test_sandbox_has_no_network_and_a_read_only_system(

@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from animus.eventstore import EventStore, NewEvent
 from contracts.events import (
+    MetricsRecorded,
     ProjectCreated,
     RunCanceled,
     RunCancelRequested,
@@ -44,6 +45,12 @@ def _project_workload(workload: Workload) -> list[list[NewEvent]]:
             workload.run_planned(failed, inputs),
             workload.run_event(failed, RunDispatched, executor="local"),
             workload.run_event(failed, RunStarted),
+            workload.run_event(
+                failed,
+                MetricsRecorded,
+                metrics={},
+                metrics_error="metrics.json is not valid JSON (Expecting value)",
+            ),
             workload.run_event(failed, RunFailed, reason="nonzero_exit", exit_code=3),
             workload.run_event(failed, RunStarted),
         ]
