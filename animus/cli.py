@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("verify", help="verify the hash chain from genesis")
     replay = sub.add_parser("replay", help="rebuild read models and compare")
     replay.add_argument("--json", action="store_true", help="print one JSON object")
+    check = sub.add_parser(
+        "check-storage", help="check stored objects against the events"
+    )
+    check.add_argument(
+        "--content",
+        action="store_true",
+        help="also re-hash every object against its recorded sha256 (reads all)",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("migrate", help="apply database migrations")
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process alone")
@@ -111,6 +120,36 @@ def _replay(settings: Settings, *, as_json: bool) -> int:
     return 0 if report["equal"] else 1
 
 
+def _check_storage(settings: Settings, *, content: bool, as_json: bool) -> int:
+    from rich.progress import Progress
+
+    from animus.db import app_dsn
+    from animus.stack import resolve_services
+    from animus.storage import blob_store
+    from animus.storecheck import RichProgress, StorageReport, check_storage
+
+    settings = resolve_services(settings)
+    dsn = app_dsn(settings)
+
+    async def check(progress: Progress) -> StorageReport:
+        async with blob_store(settings, process="check-storage") as blobs:
+            return await check_storage(
+                blobs=blobs,
+                conninfo=dsn,
+                older_than=settings.storage_orphan_after_seconds,
+                content=content,
+                progress=RichProgress(progress),
+            )
+
+    with RichProgress.bar(Console(stderr=True)) as progress:
+        report = asyncio.run(check(progress))
+    if as_json:
+        print(json.dumps(report.as_json(), sort_keys=True))
+    else:
+        print("\n".join(report.lines()))
+    return 0 if report.clean else 1
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in PROCESSES:
         from animus.stack import resolve_services
@@ -126,6 +165,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _verify(settings)
     if args.command == "replay":
         return _replay(settings, as_json=args.json)
+    if args.command == "check-storage":
+        return _check_storage(settings, content=args.content, as_json=args.json)
     if args.command == "migrate":
         from animus.migrate import migrate
         from animus.stack import resolve_services

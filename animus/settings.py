@@ -74,6 +74,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_upload_bytes: int = Field(default=50 * 1024**3, ge=1)
     upload_part_bytes: int = Field(default=16 * 1024**2, ge=5 * 1024**2)
+    storage_orphan_after_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Age after which the sweeper aborts an idle multipart upload "
+        "and deletes a staging object or a blob that no event names",
+    )
+    storage_sweep_interval_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often the gateway sweeps object storage; 0 never",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

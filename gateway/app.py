@@ -1,9 +1,11 @@
 """The Litestar application: routes, guard, limits, errors, OpenAPI, lifespan.
 
-`create_app(settings)` opens its services in the lifespan; tests pass their
-own `GatewayServices`. Protected routes sit under one router that documents
-the bearer scheme; the `PermissionGuard` on the app refuses any route that
-declares no permission, and the app refuses to start with one.
+`create_app(settings)` opens its services in the lifespan, and runs the
+storage sweeper there (`animus.sweeper`: abandoned uploads, blobs no event
+names); tests pass their own `GatewayServices` and sweep by hand. Protected
+routes sit under one router that documents the bearer scheme; the
+`PermissionGuard` on the app refuses any route that declares no permission,
+and the app refuses to start with one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from animus.settings import Settings
+from animus.sweeper import sweeping
 from gateway import datasets, health, projects, runs
 from gateway.auth import (
     PERMISSION_OPT,
@@ -82,7 +85,11 @@ def _protected_router() -> Router:
 
 @asynccontextmanager
 async def _lifespan(app: Litestar) -> AsyncIterator[None]:
-    async with open_services(app.state.settings) as services:
+    settings: Settings = app.state.settings
+    async with (
+        open_services(settings) as services,
+        sweeping(services.blobs, services.pool.conninfo, settings),
+    ):
         app.state.services = services
         try:
             yield

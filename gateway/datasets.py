@@ -5,6 +5,14 @@ its sha256 is computed; the version is committed only after the object is
 complete and verified. The dataset is checked writable before S3 is
 touched, and any failure on the way aborts the multipart upload, so an
 interrupted or refused upload leaves neither a version nor stray parts.
+
+The order is fixed (CASES C08): S3 completes the staging object, the digest
+is checked, the object is copied to `sha256/<hex>`, and only then is
+`DatasetVersionCommitted` appended. So no event can name an object that S3
+failed to complete (variant D cannot happen); a process that dies between
+the copy and the append leaves a blob no event names, which the sweeper
+removes after its bound (`animus.sweeper`). The copy and the append run
+under the blob's settle lock, so the sweeper never deletes a blob in between.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from pydantic import ValidationError as PydanticValidationError
 
 from animus.errors import ValidationError
 from animus.settings import Settings
-from animus.storage import TooLarge
+from animus.storage import StagedBlob, TooLarge
+from animus.sweeper import settle_lock
 from contracts._text import ShortText
 from contracts.api import (
     Dataset,
@@ -199,16 +208,31 @@ async def upload_dataset_version(
     if early is not None:
         return early
 
-    blob = await services.blobs.put_stream(
+    async with services.blobs.staged(
         stream_body(request),
         part_size=settings.upload_part_bytes,
         max_bytes=settings.max_upload_bytes,
         expected_sha256=headers.declared_sha256,
-    )
+    ) as staged:
+        return await _commit_upload(
+            request, services, project_id, dataset_id, headers, staged, idempotency_key
+        )
+
+
+async def _commit_upload(
+    request: Request[Any, Any, Any],
+    services: GatewayServices,
+    project_id: str,
+    dataset_id: str,
+    headers: _UploadHeaders,
+    staged: StagedBlob,
+    idempotency_key: str | None,
+) -> Response[DatasetVersionReceipt]:
+    """Settle a complete, verified staging object and append its version."""
     identity = request_identity(
         request,
         idempotency_key,
-        upload_fingerprint(request.method, request.url.path, blob.sha256),
+        upload_fingerprint(request.method, request.url.path, staged.sha256),
     )
     if identity is not None:
         stored = await services.idempotency.claim(identity)
@@ -216,16 +240,18 @@ async def upload_dataset_version(
             return replay(stored)
 
     async def commit() -> bytes:
-        result = await services.handlers.commit_dataset_version(
-            command_context(request),
-            project_id,
-            dataset_id,
-            sha256=blob.sha256,
-            size=blob.size,
-            object_key=blob.key,
-            filename=headers.filename,
-            content_type=headers.content_type,
-        )
+        async with settle_lock(services.pool.conninfo, staged.sha256):
+            blob = await services.blobs.settle(staged)
+            result = await services.handlers.commit_dataset_version(
+                command_context(request),
+                project_id,
+                dataset_id,
+                sha256=blob.sha256,
+                size=blob.size,
+                object_key=blob.key,
+                filename=headers.filename,
+                content_type=headers.content_type,
+            )
         await read_your_writes(services, result["position"])
         return encode(
             DatasetVersionReceipt(

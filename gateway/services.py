@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
+from animus import storage
 from animus.bus import Bus, connect_bus
 from animus.db import app_dsn, open_pool
-from animus.errors import ConfigurationError
 from animus.eventstore import EventStore
 from animus.settings import Settings
 from animus.storage import BlobStore
@@ -44,15 +44,7 @@ def blob_store(settings: Settings) -> BlobStore:
     Raises:
         ConfigurationError: no S3 endpoint is set.
     """
-    if not settings.s3_endpoint:
-        raise ConfigurationError("ANIMUS_S3_ENDPOINT: required by the gateway")
-    return BlobStore(
-        endpoint=settings.s3_endpoint,
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        bucket=settings.s3_bucket,
-        region=settings.s3_region,
-    )
+    return storage.blob_store(settings, process="the gateway")
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ from gwtest import (
 )
 from litestar import Litestar
 
+from animus.storage import STAGING_PREFIX
 from contracts.streams import dataset_stream, run_stream
 from gateway.services import GatewayServices
 
@@ -367,6 +368,8 @@ class TestUploads:
         versions = await client.get(path, headers=ALICE)
         assert versions.json()["items"] == []
         assert await gateway_services.blobs.list_multipart_uploads() == []
+        staging = gateway_services.blobs.list_objects(STAGING_PREFIX)
+        assert [item.key async for item in staging] == []
 
     async def test_a_multipart_upload_stores_the_whole_content_sha256(
         self, client: Client, gateway_services: GatewayServices
