@@ -12,9 +12,11 @@ to replay, or is deleted when the request failed, so a retry can run.
 - same key, another request (body, method or path): 422 mismatch;
 - same key while the first still runs: 409 in progress.
 
-A claim older than `CLAIM_LEASE` (its request died with its process) and a
-finished key older than `KEY_RETENTION` may be taken over. Keys are not
-events.
+A claim is a lease: the request renews it every `CLAIM_RENEW` while it
+runs, so a claim not renewed for `CLAIM_LEASE` belongs to a request that
+died with its process (a gateway killed mid-upload) and a retry takes it
+over within seconds. A finished key older than `KEY_RETENTION` may be taken
+over too. Keys are not events.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import structlog
 from litestar.response import Response
 
 from animus.db import translate_db_errors
+from animus.errors import AnimusError
 from gateway.errors import BadRequest, IdempotencyKeyInProgress, IdempotencyKeyMismatch
 
 if TYPE_CHECKING:
@@ -41,7 +44,8 @@ log = structlog.get_logger(__name__)
 
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotency-Replayed"
-CLAIM_LEASE = timedelta(minutes=15)
+CLAIM_LEASE = timedelta(seconds=30)
+CLAIM_RENEW = timedelta(seconds=10)
 KEY_RETENTION = timedelta(hours=24)
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _CLAIM_ATTEMPTS = 3
@@ -152,6 +156,15 @@ class IdempotencyStore:
         """Forget a claimed key whose request failed, so a retry can run."""
         await self._execute(
             "DELETE FROM idempotency_keys "
+            "WHERE principal = %s AND key = %s AND state = 'in_progress' "
+            "AND fingerprint = %s",
+            (request.principal, request.key, request.fingerprint),
+        )
+
+    async def renew(self, request: RequestIdentity) -> None:
+        """Extend a claim's lease while its request still runs."""
+        await self._execute(
+            "UPDATE idempotency_keys SET created_at = now() "
             "WHERE principal = %s AND key = %s AND state = 'in_progress' "
             "AND fingerprint = %s",
             (request.principal, request.key, request.fingerprint),
@@ -273,10 +286,23 @@ async def respond_once(
 async def run_claimed(
     store: IdempotencyStore, request: RequestIdentity | None, operation: Operation
 ) -> bytes:
-    """Run `operation`; on any failure release the claimed key first."""
+    """Run `operation`, renewing the claim; on any failure release it first."""
+    if request is None:
+        return await operation()
+    renewing = asyncio.create_task(_keep_claimed(store, request))
     try:
         return await operation()
     except BaseException:
-        if request is not None:
-            await asyncio.shield(store.release(request))
+        await asyncio.shield(store.release(request))
         raise
+    finally:
+        renewing.cancel()
+
+
+async def _keep_claimed(store: IdempotencyStore, request: RequestIdentity) -> None:
+    while True:
+        await asyncio.sleep(CLAIM_RENEW.total_seconds())
+        try:
+            await store.renew(request)
+        except AnimusError as exc:  # the next renewal may succeed
+            log.warning("idempotency_renew_failed", error=type(exc).__name__)

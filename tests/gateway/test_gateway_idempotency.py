@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 
+import pytest
 from gwtest import ALICE, BOB, Client, Head, create_project, new_id, upload
+
+from gateway import idempotency
+from gateway.errors import IdempotencyKeyInProgress
+from gateway.idempotency import RequestIdentity
+from gateway.services import GatewayServices
 
 TRAIN = {"name": "train", "command": ["python", "train.py"], "parameters": {"lr": 0.01}}
 
@@ -187,3 +194,55 @@ class TestUploads:
             f"/projects/{project_id}/datasets/d1/versions", headers=ALICE
         )
         assert [v["version"] for v in versions.json()["items"]] == [1]
+
+
+class TestLease:
+    """A claim is a lease renewed while its request runs (C08 variant C: a
+    gateway killed mid-request must not hold the key for long)."""
+
+    def identity(self) -> RequestIdentity:
+        return RequestIdentity(
+            principal="user:alice",
+            key=new_id("k"),
+            method="POST",
+            path="/projects/p/runs",
+            fingerprint="f" * 64,
+        )
+
+    async def test_a_claim_its_request_stopped_renewing_is_taken_over(
+        self, gateway_services: GatewayServices
+    ) -> None:
+        store = gateway_services.idempotency
+        dead = self.identity()
+        assert await store.claim(dead) is None  # claimed, then the process died
+        with pytest.raises(IdempotencyKeyInProgress):
+            await store.claim(dead)
+        async with gateway_services.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE idempotency_keys SET created_at = now() - %s "
+                "WHERE key = %s",
+                (idempotency.CLAIM_LEASE + timedelta(seconds=1), dead.key),
+            )
+        assert await store.claim(dead) is None  # the retry owns it now
+
+    async def test_a_request_outliving_the_lease_keeps_its_claim(
+        self, gateway_services: GatewayServices, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(idempotency, "CLAIM_LEASE", timedelta(seconds=1))
+        monkeypatch.setattr(idempotency, "CLAIM_RENEW", timedelta(seconds=0.2))
+        store = gateway_services.idempotency
+        request = self.identity()
+        assert await store.claim(request) is None
+        refused: list[Exception] = []
+
+        async def slow() -> bytes:
+            for _ in range(6):  # 1.8 s, well past the 1 s lease
+                await asyncio.sleep(0.3)
+                try:
+                    await store.claim(request)
+                except IdempotencyKeyInProgress as exc:
+                    refused.append(exc)
+            return b"{}"
+
+        assert await idempotency.run_claimed(store, request, slow) == b"{}"
+        assert len(refused) == 6  # no one took the key over meanwhile
