@@ -3,6 +3,11 @@ the operator's tools.
 
 Process bodies live in their own units and are loaded by dotted name, so the
 kernel stays free of imports from the units it launches.
+
+Whatever goes wrong ends in one plain line on stderr: a wrong command line or
+setting (exit 2), a service or check that failed (exit 1), and, as a last
+resort, an unexpected error, whose traceback goes to `<home>/logs/errors.log`
+rather than to the terminal.
 """
 
 from __future__ import annotations
@@ -12,9 +17,14 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
+import re
 import sys
+import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from rich.console import Console
 
@@ -37,8 +47,30 @@ def _load(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """A wrong command line is one plain line too, not usage and an error."""
+
+    def error(self, message: str) -> NoReturn:
+        command = re.match(r"argument COMMAND: invalid choice: '(.*?)'", message)
+        if command:
+            message = f"unknown command '{command.group(1)}'"
+        elif "required: COMMAND" in message:
+            message = "a command is required"
+        where = self.prog.removeprefix("animus").strip()
+        self.refuse(f"{where}: {message}" if where else message)
+
+    def refuse(self, message: str, *, command: str = "") -> NoReturn:
+        hint = f"{self.prog} {command}".strip()
+        err.print(
+            f"animus: {message} (try: {hint} --help)",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="animus", description="Animus Datalab: an ML lab that proves what it ran."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,18 +112,17 @@ def _verify(settings: Settings) -> int:
     from animus.stack import resolve_services
     from animus.verify import verify_chain
 
-    settings = resolve_services(settings)
+    dsn = app_dsn(resolve_services(settings))
     with Progress(
         TextColumn("verifying"),
         BarColumn(),
         MofNCompleteColumn(),
         console=Console(stderr=True),
         transient=True,
+        disable=not sys.stderr.isatty(),  # else it leaves an empty line
     ) as bar:
         task = bar.add_task("verify", total=None)
-        result = verify_chain(
-            app_dsn(settings), progress=lambda done: bar.advance(task, done)
-        )
+        result = verify_chain(dsn, progress=lambda done: bar.advance(task, done))
     if result.verified:
         print(f"chain verified: {result.events} events, head {result.head_hash.hex()}")
         return 0
@@ -197,8 +228,46 @@ def _database_hint() -> str:
     return ""
 
 
+def _internal_error(exc: BaseException) -> str:
+    """Record an unexpected error's traceback off the terminal; say where."""
+    path = Path(os.environ.get("ANIMUS_HOME") or ".animus").resolve() / "logs"
+    path /= "errors.log"
+    record = {
+        "event": "internal_error",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": sys.argv[1:2],
+        "error": type(exc).__name__,
+        "exception": "".join(traceback.format_exception(exc)),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+    except OSError:
+        return "see logs"
+    return f"see {path}"
+
+
+def _platform_error(exc: BaseException) -> AnimusError | None:
+    """The error of ours that `exc` is or groups (a task group's failure)."""
+    if isinstance(exc, AnimusError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if found := _platform_error(inner):
+                return found
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.refuse(
+            f"{args.command}: unknown argument{'s' if len(unknown) > 1 else ''} "
+            f"{' '.join(unknown)}",
+            command=args.command,
+        )
     try:
         settings = load_settings()
         if args.command not in PROCESSES:
@@ -212,11 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"animus: {exc.detail}{_database_hint()}", markup=False, soft_wrap=True
         )
         return 1
-    except AnimusError as exc:
-        err.print(f"animus: {exc.detail}", markup=False, soft_wrap=True)
-        return 2 if isinstance(exc, ConfigurationError) else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line
+        ours = _platform_error(exc)
+        if ours is None:
+            err.print(
+                f"animus: internal error: {type(exc).__name__}; {_internal_error(exc)}",
+                markup=False,
+                soft_wrap=True,
+            )
+            return 1
+        err.print(f"animus: {ours.detail}", markup=False, soft_wrap=True)
+        return 2 if isinstance(ours, ConfigurationError) else 1
 
 
 if __name__ == "__main__":

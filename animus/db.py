@@ -28,8 +28,11 @@ def app_dsn(settings: Settings) -> str:
     if settings.app_database_url:
         return settings.app_database_url
     if not settings.database_url:
+        # commands find a running `animus up` through ANIMUS_HOME (./.animus)
         raise StoreError(
-            "no database: start one with `animus up`, or set ANIMUS_DATABASE_URL"
+            f"no database: no `animus up` runs under {settings.home.resolve()}; "
+            "start one, run this in the folder where it runs (or set ANIMUS_HOME "
+            "to that folder's .animus), or set ANIMUS_DATABASE_URL"
         )
     return with_user(settings.database_url, APP_ROLE)
 

@@ -8,18 +8,64 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from animus.errors import ConfigurationError
 
 APP_ROLE = "animus_app"
+# the response header in which the gateway names its `animus up` (instance_id)
+INSTANCE_HEADER = "Animus-Instance"
+
+_DSN = ("a postgresql:// DSN", ("postgresql", "postgres"))
+# What each service address must look like: checked by syntax alone at load,
+# so that a typo stops the process instead of a connection retrying forever.
+_URL_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "database_url": _DSN,
+    "app_database_url": _DSN,
+    "nats_url": ("a nats:// or tls:// URL with a host", ("nats", "tls", "ws", "wss")),
+    "s3_endpoint": ("an http:// or https:// URL with a host", ("http", "https")),
+}
+
+
+def check_url(field: str, value: str) -> str:
+    """Refuse a service address that cannot be one, without echoing it.
+
+    Raises:
+        PydanticCustomError: saying what the setting must be.
+    """
+    wanted, schemes = _URL_FORMS[field]
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise PydanticCustomError(
+            "url", f"must be {wanted}; the port is not valid"
+        ) from None
+    # a DSN may leave the host out (a unix socket); the others need one
+    host_ok = bool(parts.hostname) or schemes is _DSN[1]
+    if parts.scheme.lower() not in schemes or not host_ok:
+        raise PydanticCustomError("url", f"must be {wanted}")
+    if schemes is _DSN[1]:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(value)
+        except psycopg.ProgrammingError:  # its message may quote a password
+            raise PydanticCustomError(
+                "url", f"must be {wanted} that PostgreSQL can parse"
+            ) from None
+    return value
 
 
 class Settings(BaseSettings):
@@ -34,6 +80,11 @@ class Settings(BaseSettings):
         description="dev auth: bearer token -> user name",
     )
     home: Path = Field(default=Path(".animus"), description="embedded data root")
+    instance_id: str | None = Field(
+        default=None,
+        description="set by `animus up` for its processes; the gateway reports it "
+        "in the INSTANCE_HEADER of /healthz, so a client can tell which stack answers",
+    )
 
     database_url: str | None = Field(
         default=None, description="DSN of the owner role, used by migrate"
@@ -43,6 +94,12 @@ class Settings(BaseSettings):
         description="DSN of the INSERT/SELECT-only role; derived when unset",
     )
     nats_url: str | None = None
+    nats_wait_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a process that cannot work without NATS (relay, "
+        "coordinator, executor) tries to reach it at start before giving up",
+    )
     s3_endpoint: str | None = None
     s3_access_key: str = "animus"
     s3_secret_key: SecretStr = SecretStr("animus-secret")
@@ -87,6 +144,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("database_url", "app_database_url", "nats_url", "s3_endpoint")
+    @classmethod
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or not value.strip():
+            return None  # set but empty: unset, so `animus up` embeds the service
+        return check_url(str(info.field_name), value.strip())
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
@@ -144,6 +208,11 @@ def load_settings(**overrides: object) -> Settings:
     check_unknown_variables(os.environ)
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # a setting of a complex type (ANIMUS_DEV_TOKENS) whose text is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"ANIMUS_{found.group(1).upper()}" if found else "a setting"
+        raise ConfigurationError(f"{name}: not valid JSON") from exc
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:

@@ -3,6 +3,7 @@ setting, a non-zero exit, no traceback and no credentials."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,91 @@ class TestUnreachableServices:
         done = animus(tmp_path, "verify")
         assert done.returncode == 1
         assert "animus up" in one_line(done)
+
+
+class TestServiceAddresses:
+    @pytest.mark.parametrize(
+        ("process", "variable"),
+        [
+            ("gateway", "ANIMUS_NATS_URL"),
+            ("relay", "ANIMUS_NATS_URL"),
+            ("gateway", "ANIMUS_S3_ENDPOINT"),
+            ("verify", "ANIMUS_DATABASE_URL"),
+            ("gateway", "ANIMUS_APP_DATABASE_URL"),
+        ],
+    )
+    def test_a_value_that_is_no_address_names_the_setting(
+        self, tmp_path: Path, process: str, variable: str
+    ) -> None:
+        done = animus(tmp_path, process, **{variable: "notaurl"})
+        assert done.returncode == 2
+        assert one_line(done).startswith(f"animus: {variable}: must be ")
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("ANIMUS_NATS_URL", "nats//animus:hunter2@127.0.0.1:4222"),
+            ("ANIMUS_S3_ENDPOINT", "http://animus:hunter2@127.0.0.1:port"),
+            ("ANIMUS_DATABASE_URL", "postgresql://owner:hunter2 x@127.0.0.1/db"),
+        ],
+    )
+    def test_a_malformed_address_is_not_echoed(
+        self, tmp_path: Path, variable: str, value: str
+    ) -> None:
+        done = animus(tmp_path, "gateway", **{variable: value})
+        assert done.returncode == 2
+        assert one_line(done).startswith(f"animus: {variable}: ")
+        assert "hunter2" not in done.stderr + done.stdout
+
+    @pytest.mark.parametrize("value", ["", "abc", "{"])
+    def test_dev_tokens_that_are_not_json_name_the_setting(
+        self, tmp_path: Path, value: str
+    ) -> None:
+        done = animus(tmp_path, "gateway", ANIMUS_DEV_TOKENS=value)
+        assert done.returncode == 2
+        assert one_line(done) == "animus: ANIMUS_DEV_TOKENS: not valid JSON"
+
+
+class TestCommandLine:
+    def test_an_unknown_command_is_one_line(self, tmp_path: Path) -> None:
+        done = animus(tmp_path, "bogus")
+        assert done.returncode == 2
+        assert one_line(done) == "animus: unknown command 'bogus' (try: animus --help)"
+
+    def test_an_unknown_option_names_the_command(self, tmp_path: Path) -> None:
+        done = animus(tmp_path, "verify", "--bogus")
+        assert done.returncode == 2
+        assert one_line(done) == (
+            "animus: verify: unknown argument --bogus (try: animus verify --help)"
+        )
+
+    def test_no_command_is_one_line(self, tmp_path: Path) -> None:
+        done = animus(tmp_path)
+        assert done.returncode == 2
+        assert one_line(done) == "animus: a command is required (try: animus --help)"
+
+    def test_an_unexpected_error_is_one_line_and_its_traceback_is_logged(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        from animus import cli
+
+        def broken(args: object, settings: object) -> int:
+            raise KeyError("a bug")
+
+        for name in [k for k in os.environ if k.startswith("ANIMUS_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("ANIMUS_HOME", str(tmp_path))
+        monkeypatch.setattr(cli, "_dispatch", broken)
+
+        assert cli.main(["verify"]) == 1
+
+        log = tmp_path.resolve() / "logs" / "errors.log"
+        assert capsys.readouterr().err.strip() == (
+            f"animus: internal error: KeyError; see {log}"
+        )
+        record = json.loads(log.read_text().splitlines()[-1])
+        assert record["event"] == "internal_error"
+        assert "Traceback" in record["exception"] and "a bug" in record["exception"]
