@@ -3,15 +3,22 @@
 JetStream defaults are set on purpose here: the dedupe window, the ack wait
 and the cap on unacknowledged messages. nats errors become `BusError` at
 this one boundary.
+
+A connection is made in the background and retried every half second until
+it succeeds; after that the client reconnects by itself. A process that
+cannot work without the bus waits for it a bounded time (`connect_bus`); one
+that can serve without it (the gateway) goes on and reports not ready.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import structlog
@@ -93,9 +100,33 @@ class PublishAck:
 class Bus:
     """One NATS connection with its JetStream context."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, url: str = "") -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        self.where = _where(url)
+        self.closing = False
+        self.failures = 0  # failed attempts since the last success
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def connected(self, timeout: float | None = None) -> None:
+        """Wait until the first connection is made, at most `timeout` seconds.
+
+        Raises:
+            BusError: NATS did not answer in time; the bus keeps trying.
+        """
+        if self._connecting is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connecting), timeout)
+        except TimeoutError:
+            raise BusError(
+                f"ANIMUS_NATS_URL: NATS at {self.where} did not answer within "
+                f"{timeout:g}s (see ANIMUS_NATS_WAIT_SECONDS)"
+            ) from None
+        except (nats.errors.Error, OSError) as exc:
+            raise BusError(
+                f"ANIMUS_NATS_URL: cannot connect to NATS at {self.where}: {exc}"
+            ) from exc
 
     async def ensure_streams(self) -> None:
         """Create or update every stream the platform uses."""
@@ -160,43 +191,102 @@ class Bus:
 
     async def check(self) -> None:
         """Raise BusError unless JetStream answers."""
+        if not self.nc.is_connected:
+            raise BusError(f"not connected to NATS at {self.where}")
         try:
             await self.js.account_info()
         except nats.errors.Error as exc:
             raise BusError(f"JetStream not available: {exc}") from exc
 
     async def close(self) -> None:
-        if not self.nc.is_closed:
+        """Drain a live connection; stop trying when none was made yet."""
+        self.closing = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        if self.nc.is_closed:
+            return
+        if self.nc.is_connected:
             await self.nc.drain()
+        else:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await self.nc.close()
+
+    # client callbacks: one warning per outage, not one per attempt
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.closing:
+            return
+        (log.warning if self.failures == 1 else log.debug)(
+            "bus_error",
+            error=str(exc) or type(exc).__name__,
+            nats=self.where,
+            attempts=self.failures,
+        )
+
+    async def _on_disconnect(self) -> None:
+        if self.closing:
+            log.info("bus_closed", nats=self.where)  # we closed it ourselves
+        else:
+            log.warning("bus_disconnected", nats=self.where)
+
+    async def _on_reconnect(self) -> None:
+        self.failures = 0
+        log.info("bus_reconnected", nats=self.where)
 
 
-async def connect_bus(url: str, *, name: str) -> Bus:
-    """Connect with unlimited reconnects; the client resumes by itself."""
+def _where(url: str) -> str:
+    """host:port of a NATS URL, without credentials."""
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        if parts.hostname:
+            return f"{parts.hostname}:{parts.port or 4222}"
+    return "the configured address"
 
-    async def on_error(exc: Exception) -> None:
-        log.warning("bus_error", error=str(exc))
 
-    async def on_disconnect() -> None:
-        log.warning("bus_disconnected")
+def open_bus(url: str, *, name: str) -> Bus:
+    """A bus that connects in the background, trying until it is closed.
 
-    async def on_reconnect() -> None:
-        log.info("bus_reconnected")
+    `Bus.connected` waits for the first connection; until then `check` fails.
+    """
+    nc = Client()
+    bus = Bus(nc, url=url)
 
-    try:
-        nc = await nats.connect(
+    async def connect() -> None:
+        await nc.connect(
             url,
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=5,
             allow_reconnect=True,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
+            error_cb=bus._on_error,
+            disconnected_cb=bus._on_disconnect,
+            reconnected_cb=bus._on_reconnect,
         )
-    except (nats.errors.Error, OSError) as exc:
-        raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
-    return Bus(nc)
+        if bus.failures:
+            log.info("bus_connected", nats=bus.where, failed_attempts=bus.failures)
+        bus.failures = 0
+
+    bus._connecting = asyncio.create_task(connect(), name=f"{name}-connect")
+    return bus
+
+
+async def connect_bus(url: str, *, name: str, wait: float | None = None) -> Bus:
+    """Connect, waiting at most `wait` seconds (None: until connected).
+
+    Raises:
+        BusError: NATS did not answer in time; naming ANIMUS_NATS_URL.
+    """
+    bus = open_bus(url, name=name)
+    try:
+        await bus.connected(wait)
+    except BaseException:
+        await bus.close()
+        raise
+    return bus
 
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -215,8 +305,11 @@ async def fetch_batch(
 
 
 @asynccontextmanager
-async def bus_session(url: str, *, name: str) -> AsyncIterator[Bus]:
-    bus = await connect_bus(url, name=name)
+async def bus_session(
+    url: str, *, name: str, wait: float | None = None
+) -> AsyncIterator[Bus]:
+    """A connected bus with every stream set up; `wait` as in `connect_bus`."""
+    bus = await connect_bus(url, name=name, wait=wait)
     try:
         await bus.ensure_streams()
         yield bus

@@ -269,7 +269,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     pool = await open_pool(app_dsn(settings), max_size=4, name="relay")
     try:
         async with (
-            bus_session(_nats_url(settings), name="animus-relay") as bus,
+            bus_session(
+                _nats_url(settings),
+                name="animus-relay",
+                wait=settings.nats_wait_seconds,
+            ) as bus,
             EventStore(pool) as store,
             Relay(store, bus, pool),
         ):

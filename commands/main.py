@@ -28,7 +28,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     try:
         # bus_session creates or updates the streams before the consumer binds
         async with (
-            bus_session(settings.nats_url, name="animus-coordinator") as bus,
+            bus_session(
+                settings.nats_url,
+                name="animus-coordinator",
+                wait=settings.nats_wait_seconds,
+            ) as bus,
             EventStore(pool) as store,
             Coordinator(store, bus, lost_after=settings.run_lost_after_seconds),
         ):

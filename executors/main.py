@@ -44,7 +44,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
         region=settings.s3_region,
     )
     async with (
-        bus_session(settings.nats_url, name="animus-executor") as bus,
+        bus_session(
+            settings.nats_url,
+            name="animus-executor",
+            wait=settings.nats_wait_seconds,
+        ) as bus,
         store,
     ):
         await store.ensure_bucket()

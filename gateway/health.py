@@ -1,7 +1,8 @@
 """Liveness and readiness, both public.
 
-`/healthz` answers while the process serves; `/readyz` asks PostgreSQL, NATS
-and S3 at once, each with a short timeout, and names whatever failed.
+`/healthz` answers while the process serves, naming in a header the
+`animus up` it belongs to, if any; `/readyz` asks PostgreSQL, NATS and S3 at
+once, each with a short timeout, and names whatever failed.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
-from litestar import get
+from litestar import Response, get
 
 from animus.db import translate_db_errors
+from animus.settings import INSTANCE_HEADER, Settings
 from contracts.api import Health, Readiness
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.errors import NotReady
@@ -28,9 +30,10 @@ Check = Callable[[], Awaitable[None]]
 
 
 @get("/healthz", opt=PUBLIC, tags=["health"])
-async def healthz() -> Health:
+async def healthz(settings: Settings) -> Response[Health]:
     """The process is up."""
-    return Health()
+    instance = settings.instance_id
+    return Response(Health(), headers={INSTANCE_HEADER: instance} if instance else None)
 
 
 @get("/readyz", opt=PUBLIC, tags=["health"], responses={503: problem_spec(503)})

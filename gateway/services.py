@@ -11,16 +11,22 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from animus import storage
-from animus.bus import Bus, connect_bus
+from animus.bus import Bus, open_bus
 from animus.db import app_dsn, open_pool
+from animus.errors import BusError
 from animus.eventstore import EventStore
 from animus.settings import Settings
 from animus.storage import BlobStore
 from commands.handlers import CommandHandlers
 from gateway.idempotency import IdempotencyStore
+
+log = structlog.get_logger(__name__)
+
+BUS_WAIT_SECONDS = 5.0  # then serve, not ready, while the bus keeps trying
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +59,7 @@ async def open_services(settings: Settings) -> AsyncIterator[GatewayServices]:
 
     Raises:
         ConfigurationError: a required service is not configured.
-        StoreError, StorageError, BusError: a service cannot be reached.
+        StoreError, StorageError: a service cannot be reached.
     """
     blobs = blob_store(settings)
     async with AsyncExitStack() as stack:
@@ -64,8 +70,18 @@ async def open_services(settings: Settings) -> AsyncIterator[GatewayServices]:
         await blobs.ensure_bucket()
         bus = None
         if settings.nats_url:
-            bus = await connect_bus(settings.nats_url, name="animus-gateway")
+            # the gateway serves without the bus (readiness says so) while
+            # it keeps trying in the background
+            bus = open_bus(settings.nats_url, name="animus-gateway")
             stack.push_async_callback(bus.close)
+            try:
+                await bus.connected(BUS_WAIT_SECONDS)
+            except BusError:
+                log.warning(
+                    "bus_unavailable",
+                    nats=bus.where,
+                    detail="serving; /readyz fails on nats until it answers",
+                )
         yield GatewayServices(
             pool=pool,
             store=store,

@@ -3,13 +3,23 @@ setting, a non-zero exit, no traceback and no credentials."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import pytest
+
+from animus.embedded import free_ports
+
+if TYPE_CHECKING:
+    from tests.conftest import Services
 
 
 def animus(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -167,3 +177,82 @@ class TestCommandLine:
         record = json.loads(log.read_text().splitlines()[-1])
         assert record["event"] == "internal_error"
         assert "Traceback" in record["exception"] and "a bug" in record["exception"]
+
+
+def start(tmp_path: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANIMUS_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "animus", *args],
+        env={**clean, "ANIMUS_HOME": str(tmp_path), **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_promptly(process: subprocess.Popen[str]) -> str:
+    """SIGTERM; the process must be gone within a few seconds, cleanly."""
+    process.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    try:
+        _, stderr = process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    assert time.monotonic() - began < 5
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+class TestNatsUnreachable:
+    """A valid NATS address where nothing answers, at start."""
+
+    @pytest.fixture
+    def env(self, services: Services, fresh_database: str) -> dict[str, str]:
+        nats_port = free_ports(1)[0]
+        return services.settings_env(fresh_database) | {
+            "ANIMUS_NATS_URL": f"nats://127.0.0.1:{nats_port}",
+            "ANIMUS_LOG_LEVEL": "error",
+        }
+
+    @pytest.mark.parametrize("process", ["relay", "coordinator", "executor"])
+    def test_a_process_that_needs_the_bus_gives_up_naming_the_setting(
+        self, tmp_path: Path, env: dict[str, str], process: str
+    ) -> None:
+        done = animus(tmp_path, process, **env, ANIMUS_NATS_WAIT_SECONDS="1")
+
+        assert done.returncode == 1
+        where = env["ANIMUS_NATS_URL"].removeprefix("nats://")
+        assert one_line(done) == (
+            f"animus: ANIMUS_NATS_URL: NATS at {where} did not answer within 1s "
+            "(see ANIMUS_NATS_WAIT_SECONDS)"
+        )
+
+    def test_sigterm_stops_a_process_still_connecting(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        relay = start(tmp_path, "relay", **(env | {"ANIMUS_LOG_LEVEL": "warning"}))
+        assert relay.stderr is not None
+        line = relay.stderr.readline()  # its first failed attempt
+        assert '"event": "bus_error"' in line, line
+
+        stop_promptly(relay)
+
+    def test_the_gateway_serves_not_ready_and_stops_on_sigterm(
+        self, tmp_path: Path, env: dict[str, str]
+    ) -> None:
+        port = free_ports(1)[0]
+        gateway = start(tmp_path, "gateway", **env, ANIMUS_GATEWAY_PORT=str(port))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        ready = None
+        while ready is None and time.monotonic() < deadline:
+            assert gateway.poll() is None
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"{url}/readyz", timeout=5)
+            time.sleep(0.2)
+
+        assert ready is not None and ready.status_code == 503
+        assert ready.json()["checks"]["nats"] == "failed"
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        stop_promptly(gateway)

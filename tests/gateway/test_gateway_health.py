@@ -23,7 +23,7 @@ from animus.bus import Bus, connect_bus
 from animus.db import with_user
 from animus.embedded import EmbeddedNats, free_port
 from animus.eventstore import EventStore
-from animus.settings import APP_ROLE, Settings
+from animus.settings import APP_ROLE, INSTANCE_HEADER, Settings
 from animus.storage import BlobStore
 from commands.handlers import CommandHandlers
 from contracts.api import PROBLEM_MEDIA_TYPE
@@ -151,3 +151,21 @@ class TestReadiness:
             health = await client.get("/healthz")
 
         assert health.status_code == 200, health.text
+
+
+class TestInstance:
+    async def test_liveness_names_the_animus_up_the_gateway_belongs_to(
+        self, settings: Settings, gateway_services: GatewayServices
+    ) -> None:
+        async def same(stack: AsyncExitStack, up: GatewayServices) -> GatewayServices:
+            return up
+
+        ours = settings.model_copy(update={"instance_id": "0f65a454"})
+        async with gateway_with(ours, gateway_services, same) as client:
+            health = await client.get("/healthz")
+        async with gateway_with(settings, gateway_services, same) as client:
+            alone = await client.get("/healthz")
+
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert health.headers[INSTANCE_HEADER] == "0f65a454"
+        assert INSTANCE_HEADER not in alone.headers
