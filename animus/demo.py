@@ -1,11 +1,18 @@
 """`animus demo`, the main job: a real model trained on real data, on the record.
 
-Starts the stack when none runs, creates project `demo`, registers the UCI
-Wine data that scikit-learn ships and the training script as datasets,
-submits a training run, follows it, prints what it produced with digests and
-lineage, verifies the chain, then runs the same spec again to show equal spec
-and plan hashes and an identical model. Everything goes through the public
-HTTP API, as any client would.
+Uses the stack that `animus up` runs under ANIMUS_HOME, or starts one when
+none runs; creates project `demo`, registers the UCI Wine data that
+scikit-learn ships and the training script as datasets, submits a training
+run, follows it, prints what it produced with digests and lineage, verifies
+the chain, then runs the same spec again to show equal spec and plan hashes
+and an identical model. Everything goes through the public HTTP API, as any
+client would.
+
+The platform is chosen before anything is sent: the gateway must be the one
+of this home's stack (it reports the stack's instance id), or, when
+ANIMUS_DATABASE_URL names an outside platform, whatever answers at
+ANIMUS_GATEWAY_HOST:ANIMUS_GATEWAY_PORT. A gateway of another folder's stack
+is refused, as the demo would write to one platform and verify another.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
 
-from animus.errors import AnimusError
+from animus.errors import AnimusError, ConfigurationError
 from animus.settings import Settings
 
 PROJECT = "demo"
 TERMINAL = {"succeeded", "failed", "canceled"}
 RUN_TIMEOUT = 600.0
+START_TIMEOUT = 240.0
 
 
 class DemoError(AnimusError):
@@ -325,9 +333,96 @@ def _healthy(url: str) -> bool:
     return False
 
 
+def _answers(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(url + "/healthz", timeout=2)
+        return True
+    return False
+
+
+def _platform(
+    settings: Settings, console: Console, *, quiet: bool
+) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """The gateway to use, and the `animus up` the demo started, if it did.
+
+    Raises:
+        ConfigurationError: a gateway answers that is not this home's stack.
+        DemoError: the stack did not start or become ready.
+    """
+    from animus.stack import gateway_url, read_stack
+
+    info = read_stack(settings)
+    if info is not None:  # this home's stack, perhaps still starting
+        url = str(info.get("gateway_url") or gateway_url(settings))
+        _await_ready(settings, url, info.get("instance_id"), None)
+        return url, None
+    url = gateway_url(settings)
+    if not _answers(url):
+        return url, _start_stack(settings, console, quiet=quiet)
+    if settings.database_url:  # an outside platform named by settings
+        return url, None
+    raise ConfigurationError(
+        f"ANIMUS_HOME: a platform answers at {url}, but no `animus up` runs "
+        f"under {settings.home.resolve()}; run the demo in the folder where "
+        "`animus up` runs, or set ANIMUS_HOME to that folder's .animus"
+    )
+
+
+def _await_ready(
+    settings: Settings,
+    url: str,
+    instance: str | None,
+    process: subprocess.Popen[bytes] | None,
+) -> None:
+    """Wait until the gateway of this home's stack is ready.
+
+    With `process` (an `animus up` the demo started), its instance id is
+    learnt from the stack file once it has written one.
+    """
+    from animus.stack import gateway_instance, read_stack
+
+    log = settings.home.resolve() / "logs" / "up.log"
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                raise DemoError(
+                    f"`animus up` exited with {process.returncode}: {_why(log)}"
+                )
+            info = read_stack(settings)
+            if info is None or info.get("pid") != process.pid:
+                time.sleep(0.5)
+                continue
+            instance = info.get("instance_id")
+        with contextlib.suppress(httpx.HTTPError):
+            answering = gateway_instance(url)
+            if instance is not None and answering != instance:
+                raise ConfigurationError(
+                    f"ANIMUS_GATEWAY_PORT: the gateway at {url} is not the one "
+                    f"of the `animus up` under {settings.home.resolve()}"
+                )
+            if _healthy(url):
+                return
+        time.sleep(0.5)
+    raise DemoError(
+        f"the platform did not become ready in {START_TIMEOUT:.0f}s; see {log.parent}"
+    )
+
+
+def _why(log: Path) -> str:
+    """The one line `animus up` ended with, or where to look."""
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").strip().splitlines()
+        if lines and lines[-1].startswith("animus: "):
+            return lines[-1].removeprefix("animus: ")
+    return f"see {log}"
+
+
 def _start_stack(
-    settings: Settings, console: Console, url: str, quiet: bool
+    settings: Settings, console: Console, *, quiet: bool
 ) -> subprocess.Popen[bytes]:
+    from animus.stack import gateway_url
+
     logs = settings.home.resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_file = (logs / "up.log").open("ab")
@@ -338,23 +433,17 @@ def _start_stack(
         start_new_session=True,
         env=dict(os.environ),
     )
-    deadline = time.monotonic() + 240
-    with (
-        console.status("starting the platform (PostgreSQL, NATS, S3, 5 processes)…")
-        if not quiet
-        else contextlib.nullcontext()
-    ):
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise DemoError(
-                    f"`animus up` exited with {process.returncode}; "
-                    f"see {logs / 'up.log'}"
-                )
-            if _healthy(url):
-                return process
-            time.sleep(0.5)
-    _stop_stack(process)
-    raise DemoError(f"the platform did not become ready in 240s; see {logs}")
+    try:
+        with (
+            console.status("starting the platform (PostgreSQL, NATS, S3, 5 processes)…")
+            if not quiet
+            else contextlib.nullcontext()
+        ):
+            _await_ready(settings, gateway_url(settings), None, process)
+    except BaseException:
+        _stop_stack(process)
+        raise
+    return process
 
 
 def _stop_stack(process: subprocess.Popen[bytes]) -> None:
@@ -369,13 +458,11 @@ def _stop_stack(process: subprocess.Popen[bytes]) -> None:
 
 def run_demo(settings: Settings, *, as_json: bool) -> int:
     """Run the main job; return the process exit code."""
-    from animus.stack import gateway_url
     from animus.telemetry import configure_logging
 
     configure_logging(level="warning", fmt="console")
     console = Console(stderr=as_json, highlight=False)
-    url = gateway_url(settings)
-    stack = None if _healthy(url) else _start_stack(settings, console, url, as_json)
+    url, stack = _platform(settings, console, quiet=as_json)
     token = next(iter(settings.dev_tokens))
     try:
         with httpx.Client(

@@ -12,6 +12,10 @@ processes of the current Python process, with their binaries taken from the
   process) with static credentials; every internal port is chosen explicitly
   and remembered in ``ports.json`` beside its data.
 
+A service refuses to start on a port that something else holds, and is only
+called started once the server answering on its port is the child it started
+(so a second stack can never take the first one's server for its own).
+
 Each service runs in its own session (so a stop can signal the whole process
 group) and, when started from the main thread, is told by the kernel to die
 with its parent (``PR_SET_PDEATHSIG``). Data survives a stop and a start on
@@ -83,6 +87,15 @@ class EmbeddedServiceError(Exception):
     """An embedded service could not be started or stopped."""
 
 
+class PortInUse(EmbeddedServiceError):
+    """The port a service was asked to listen on is held by another process."""
+
+    def __init__(self, service: str, port: int) -> None:
+        super().__init__(f"{service}: port {port} is in use")
+        self.service = service
+        self.port = port
+
+
 # ---------------------------------------------------------------- ports
 
 
@@ -100,15 +113,21 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = HOST) -> bool:
     """Whether a server could listen on `port` (as Go and PostgreSQL bind)."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def _claim(service: str, port: int) -> None:
+    """Refuse to start `service` on a port another process listens on."""
+    if not port_is_free(port):
+        raise PortInUse(service, port)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,6 +256,27 @@ class _Child:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def listens_on(self, port: int) -> bool:
+        """Whether this child (or one of its own children) listens on `port`.
+
+        True when the system does not let us look: then only its being alive
+        was checked.
+        """
+        if not self.running():
+            return False
+        assert self._proc is not None
+        try:
+            leader = psutil.Process(self._proc.pid)
+            for proc in (leader, *leader.children(recursive=True)):
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                        return True
+        except psutil.AccessDenied:
+            return True
+        except psutil.Error:
+            return False
+        return False
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Terminate the process group, wait, then kill what is left."""
         proc = self._proc
@@ -256,15 +296,21 @@ class _Child:
             self.pid_file.unlink(missing_ok=True)
 
 
-def _replace_leftover(name: str, pid_file: Path, data_dir: Path) -> None:
-    """Stop a process of ours that a crashed parent left on `data_dir`."""
+def _leftover(pid_file: Path, data_dir: Path) -> psutil.Process | None:
+    """A process of ours that a crashed parent left running on `data_dir`."""
     try:
-        pid = int(pid_file.read_text().strip())
-        proc = psutil.Process(pid)
+        proc = psutil.Process(int(pid_file.read_text().strip()))
         ours = str(data_dir) in " ".join(proc.cmdline())
     except (OSError, ValueError, psutil.Error):
-        ours = False
-    if ours:
+        return None
+    return proc if ours else None
+
+
+def _replace_leftover(name: str, pid_file: Path, data_dir: Path) -> None:
+    """Stop a process of ours that a crashed parent left on `data_dir`."""
+    proc = _leftover(pid_file, data_dir)
+    if proc is not None:
+        pid = proc.pid
         log.warning("embedded leftover stopped", service=name, pid=pid)
         _signal_group(pid, signal.SIGTERM)
         with contextlib.suppress(psutil.Error):
@@ -278,10 +324,15 @@ def _wait_until(
     ready: Callable[[], bool],
     *,
     child: _Child | None,
+    port: int,
     timeout: float,
     log_path: Path,
 ) -> float:
-    """Poll `ready` until it holds; the seconds it took."""
+    """Poll `ready` until it holds; the seconds it took.
+
+    An answer counts only when `child` (when given) still runs and is the one
+    listening on `port`: else another server answered in its place.
+    """
     began = time.monotonic()
     while True:
         code = None if child is None else child.exit_code()
@@ -290,6 +341,14 @@ def _wait_until(
                 f"{name} exited with status {code} while starting; see {log_path}"
             )
         if ready():
+            if child is not None and not child.listens_on(port):
+                code = child.exit_code()
+                if code is not None:
+                    raise EmbeddedServiceError(
+                        f"{name} exited with status {code} while starting; "
+                        f"see {log_path}"
+                    )
+                raise PortInUse(name, port)
             return time.monotonic() - began
         if time.monotonic() - began > timeout:
             raise EmbeddedServiceError(
@@ -383,6 +442,7 @@ class EmbeddedPostgres:
         self._prepare_dirs()
         if self._adopt():
             return
+        _claim(self.name, self.port)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         self._child = _Child(
@@ -395,6 +455,13 @@ class EmbeddedPostgres:
         )
         self._child.start()
         self._await_ready()
+
+    def port_taken(self) -> bool:
+        """Whether the port is held, other than by our server left running."""
+        found = _running_postmaster(self.data_dir)
+        if found is not None and found[1] == self.port:
+            return False  # adopted by `start`
+        return not port_is_free(self.port)
 
     def stop(self) -> None:
         """`pg_ctl stop -m fast`, then make sure the process group is gone."""
@@ -497,6 +564,7 @@ class EmbeddedPostgres:
                 self.name,
                 self._ready,
                 child=self._child,
+                port=self.port,
                 timeout=self.start_timeout,
                 log_path=self.log_path,
             )
@@ -581,6 +649,7 @@ class EmbeddedNats:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         _replace_leftover(self.name, self.pid_file, self.data_dir)
+        _claim(self.name, self.port)
         argv = [
             _binary("nats-server"),
             *("--jetstream", "--store_dir", self.data_dir),
@@ -592,6 +661,12 @@ class EmbeddedNats:
         )
         self._child.start()
         self._await_ready()
+
+    def port_taken(self) -> bool:
+        """Whether the port is held, other than by our server left running."""
+        if _leftover(self.pid_file, self.data_dir) is not None:
+            return False  # replaced by `start`
+        return not port_is_free(self.port)
 
     def stop(self) -> None:
         if self._child is None:
@@ -613,6 +688,7 @@ class EmbeddedNats:
                 self.name,
                 self._ready,
                 child=self._child,
+                port=self.port,
                 timeout=self.start_timeout,
                 log_path=self.log_path,
             )
@@ -695,6 +771,7 @@ class EmbeddedS3:
             return
         self.config_dir.mkdir(parents=True, exist_ok=True)
         _replace_leftover(self.name, self.pid_file, self.data_dir)
+        _claim(self.name, self.port)
         self.internal_ports = self._resolve_ports()
         self._write_config()
         # weed mini saves its flags there and reads them back on the next
@@ -709,6 +786,12 @@ class EmbeddedS3:
         )
         self._child.start()
         self._await_ready()
+
+    def port_taken(self) -> bool:
+        """Whether the port is held, other than by our server left running."""
+        if _leftover(self.pid_file, self.data_dir) is not None:
+            return False  # replaced by `start`
+        return not port_is_free(self.port)
 
     def stop(self) -> None:
         if self._child is None:
@@ -803,6 +886,7 @@ class EmbeddedS3:
                 self.name,
                 ready,
                 child=self._child,
+                port=self.port,
                 timeout=self.start_timeout,
                 log_path=self.log_path,
             )
@@ -822,6 +906,9 @@ class EmbeddedS3:
 
 class _Service(Protocol):
     name: str
+    port: int
+
+    def port_taken(self) -> bool: ...
 
     def start(self) -> None: ...
 
@@ -870,6 +957,11 @@ class EmbeddedStack:
         for service in (self.postgres, self.nats, self.s3):
             if service is not None:
                 yield service
+
+    def ports_taken(self) -> list[tuple[str, int]]:
+        """The services whose port another process holds, checked before
+        `start` so that a refusal starts nothing."""
+        return [(s.name, s.port) for s in self.services() if s.port_taken()]
 
     def start(self) -> None:
         """Start every enabled service; on failure stop those already up."""

@@ -3,7 +3,13 @@
 Services left unset in settings start embedded from their wheels under
 `ANIMUS_HOME` (default `./.animus`); the five platform processes then run as
 children of this supervisor, which restarts a crashed one and stops them all
-on Ctrl-C. While it runs, `stack.json` tells other commands where things are.
+on Ctrl-C. While it runs, `stack.json` tells other commands where things are,
+including the id of this `animus up`, which its gateway reports in the
+`Animus-Instance` header of /healthz: a client checks it talks to the stack
+of its own ANIMUS_HOME, not to another one on the same port.
+
+A port another process holds stops `up` at start, naming the setting that
+chooses it; what was already started is stopped again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,14 +32,27 @@ import httpx
 import structlog
 from rich.console import Console
 
-from animus.errors import ConfigurationError
-from animus.settings import Settings
+from animus.errors import AnimusError, ConfigurationError
+from animus.settings import INSTANCE_HEADER, Settings
 
 log = structlog.get_logger(__name__)
 out = Console(stderr=True, highlight=False)
 
 PROCESS_ORDER = ("projector", "relay", "coordinator", "executor", "gateway")
 RESTART_LIMIT = 5
+PORT_SETTINGS = {
+    "postgres": "ANIMUS_EMBEDDED_POSTGRES_PORT",
+    "nats": "ANIMUS_EMBEDDED_NATS_PORT",
+    "s3": "ANIMUS_EMBEDDED_S3_PORT",
+    "gateway": "ANIMUS_GATEWAY_PORT",
+}
+
+
+def port_taken(service: str, port: int) -> ConfigurationError:
+    return ConfigurationError(
+        f"{PORT_SETTINGS[service]}: port {port} is in use "
+        "(is another `animus up` running?)"
+    )
 
 
 def stack_file(settings: Settings) -> Path:
@@ -76,6 +96,15 @@ def gateway_url(settings: Settings) -> str:
     return f"http://{settings.gateway_host}:{settings.gateway_port}"
 
 
+def gateway_instance(url: str) -> str | None:
+    """The `animus up` instance id the gateway at `url` reports.
+
+    Raises:
+        httpx.HTTPError: nothing answers there.
+    """
+    return httpx.get(url + "/healthz", timeout=2).headers.get(INSTANCE_HEADER)
+
+
 @dataclass(kw_only=True)
 class _Child:
     name: str
@@ -94,6 +123,7 @@ class Supervisor:
         self.embedded: Any = None
         self.children: dict[str, _Child] = {}
         self.env: dict[str, str] = {}
+        self.instance_id = uuid.uuid4().hex
         self._lock: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -107,10 +137,23 @@ class Supervisor:
             ) from exc
 
     def start_services(self) -> Settings:
-        """Start what settings leave unset; return settings pointing at all."""
-        from animus.embedded import EmbeddedPorts, EmbeddedStack
+        """Start what settings leave unset; return settings pointing at all.
+
+        Raises:
+            ConfigurationError: a port is taken, naming its setting.
+            AnimusError: an embedded service did not start.
+        """
+        from animus.embedded import (
+            EmbeddedPorts,
+            EmbeddedServiceError,
+            EmbeddedStack,
+            PortInUse,
+            port_is_free,
+        )
 
         s = self.settings
+        if not port_is_free(s.gateway_port, s.gateway_host):
+            raise port_taken("gateway", s.gateway_port)
         wanted = [
             name
             for name, given in (
@@ -127,9 +170,16 @@ class Supervisor:
                 nats=s.embedded_nats_port,
                 s3=s.embedded_s3_port,
             )
-            out.print(f"starting embedded {', '.join(wanted)} under {self.home}")
             self.embedded = EmbeddedStack(self.home, ports, services=wanted)
-            self.embedded.start()
+            for service, port in self.embedded.ports_taken():
+                raise port_taken(service, port)  # before anything is started
+            out.print(f"starting embedded {', '.join(wanted)} under {self.home}")
+            try:
+                self.embedded.start()  # stops what it started when one fails
+            except PortInUse as exc:
+                raise port_taken(exc.service, exc.port) from exc
+            except EmbeddedServiceError as exc:
+                raise AnimusError(f"embedded {exc}") from exc
             if self.embedded.postgres:
                 update["database_url"] = self.embedded.postgres.dsn
             if self.embedded.nats:
@@ -156,6 +206,7 @@ class Supervisor:
                 "ANIMUS_NATS_URL": str(s.nats_url),
                 "ANIMUS_S3_ENDPOINT": str(s.s3_endpoint),
                 "ANIMUS_HOME": str(self.home),
+                "ANIMUS_INSTANCE_ID": self.instance_id,
             }
         )
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
@@ -178,6 +229,7 @@ class Supervisor:
         s = self.settings
         info = {
             "pid": os.getpid(),
+            "instance_id": self.instance_id,
             "database_url": s.database_url,
             "nats_url": s.nats_url,
             "s3_endpoint": s.s3_endpoint,
@@ -188,13 +240,21 @@ class Supervisor:
         path.write_text(json.dumps(info, indent=2) + "\n")
 
     def wait_ready(self, timeout: float = 90) -> None:
-        """Wait until the gateway answers /readyz with 200."""
+        """Wait until our gateway (not another) answers /readyz with 200.
+
+        Raises:
+            ConfigurationError: another gateway answers on our port, or ours
+                did not become ready in time.
+        """
         deadline = time.monotonic() + timeout
-        url = gateway_url(self.settings) + "/readyz"
+        url = gateway_url(self.settings)
         while time.monotonic() < deadline:
             self.watch()
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
+                instance = gateway_instance(url)
+                if instance != self.instance_id:
+                    raise port_taken("gateway", self.settings.gateway_port)
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                     return
             time.sleep(0.3)
         raise ConfigurationError(
@@ -253,7 +313,9 @@ async def _prepare_bus_and_bucket(settings: Settings) -> None:
     from animus.bus import connect_bus
     from animus.storage import BlobStore
 
-    bus = await connect_bus(str(settings.nats_url), name="animus-up")
+    bus = await connect_bus(
+        str(settings.nats_url), name="animus-up", wait=settings.nats_wait_seconds
+    )
     try:
         await bus.ensure_streams()
     finally:
@@ -288,6 +350,7 @@ def run_up(settings: Settings) -> int:
         signum: signal.signal(signum, _raise_stop)
         for signum in (signal.SIGINT, signal.SIGTERM)
     }
+    stopping = False
     try:
         supervisor.start_services()
         supervisor.prepare()
@@ -302,10 +365,12 @@ def run_up(settings: Settings) -> int:
             time.sleep(0.5)
             supervisor.watch()
     except (KeyboardInterrupt, _Stop):
+        stopping = True
         out.print("stopping…")
         return 0
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         supervisor.stop()
-        out.print("stopped")
+        if stopping:  # after a failure, quietly: its one line follows
+            out.print("stopped")

@@ -7,9 +7,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,6 +171,8 @@ class TestCommandLine:
             monkeypatch.delenv(name)
         monkeypatch.setenv("ANIMUS_HOME", str(tmp_path))
         monkeypatch.setattr(cli, "_dispatch", broken)
+        # logging stays as the session has it, not bound to capsys's stderr
+        monkeypatch.setattr("animus.telemetry.configure_logging", lambda **_: None)
 
         assert cli.main(["verify"]) == 1
 
@@ -256,3 +262,133 @@ class TestNatsUnreachable:
         assert ready.json()["checks"]["nats"] == "failed"
         assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
         stop_promptly(gateway)
+
+
+def listening_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+class TestPortsInUse:
+    """A second platform on this machine must never use the first one's
+    servers: a taken port stops `up` (and the gateway) before anything."""
+
+    @pytest.mark.parametrize(
+        "variable",
+        [
+            "ANIMUS_GATEWAY_PORT",
+            "ANIMUS_EMBEDDED_POSTGRES_PORT",
+            "ANIMUS_EMBEDDED_NATS_PORT",
+            "ANIMUS_EMBEDDED_S3_PORT",
+        ],
+    )
+    def test_up_refuses_a_taken_port_and_starts_nothing(
+        self, tmp_path: Path, variable: str
+    ) -> None:
+        names = ["GATEWAY", "EMBEDDED_POSTGRES", "EMBEDDED_NATS", "EMBEDDED_S3"]
+        ports = {
+            f"ANIMUS_{name}_PORT": str(port)
+            for name, port in zip(names, free_ports(4), strict=True)
+        }
+        with listening_socket() as taken:
+            port = taken.getsockname()[1]
+            ports[variable] = str(port)
+            done = animus(tmp_path, "up", **ports)
+
+        assert done.returncode == 2
+        assert one_line(done) == (
+            f"animus: {variable}: port {port} is in use "
+            "(is another `animus up` running?)"
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["up.lock"]
+
+    def test_the_gateway_names_its_port(self, tmp_path: Path) -> None:
+        with listening_socket() as taken:
+            port = taken.getsockname()[1]
+            done = animus(tmp_path, "gateway", ANIMUS_GATEWAY_PORT=str(port))
+
+        assert done.returncode == 2
+        assert one_line(done) == (
+            f"animus: ANIMUS_GATEWAY_PORT: port {port} is in use "
+            "(is another `animus up` or gateway running?)"
+        )
+
+
+class _Gateway(BaseHTTPRequestHandler):
+    """A gateway of some other stack: healthy, and counting what it is sent."""
+
+    instance = "another-stack"
+    posts = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+        self.send_response(200)
+        self.send_header("Animus-Instance", self.instance)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server protocol
+        type(self).posts += 1
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def other_gateway() -> Iterator[int]:
+    _Gateway.posts = 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+class TestAnotherFolder:
+    """Commands find the stack through ANIMUS_HOME (./.animus by default)."""
+
+    def test_verify_without_a_stack_here_says_where_it_looked(
+        self, tmp_path: Path
+    ) -> None:
+        done = animus(tmp_path, "verify")
+        line = one_line(done)
+        assert f"no `animus up` runs under {tmp_path.resolve()}" in line
+        assert "ANIMUS_HOME" in line and "ANIMUS_DATABASE_URL" in line
+
+    def test_the_demo_refuses_a_gateway_that_is_not_of_its_home(
+        self, tmp_path: Path, other_gateway: int
+    ) -> None:
+        done = animus(
+            tmp_path, "demo", "--json", ANIMUS_GATEWAY_PORT=str(other_gateway)
+        )
+
+        assert done.returncode == 2
+        assert one_line(done) == (
+            f"animus: ANIMUS_HOME: a platform answers at "
+            f"http://127.0.0.1:{other_gateway}, but no `animus up` runs under "
+            f"{tmp_path.resolve()}; run the demo in the folder where `animus up` "
+            "runs, or set ANIMUS_HOME to that folder's .animus"
+        )
+        assert done.stdout == ""
+        assert _Gateway.posts == 0
+
+    def test_the_demo_checks_the_gateway_is_its_stacks(
+        self, tmp_path: Path, other_gateway: int
+    ) -> None:
+        url = f"http://127.0.0.1:{other_gateway}"
+        stack = {"pid": os.getpid(), "instance_id": "this-stack", "gateway_url": url}
+        (tmp_path / "stack.json").write_text(json.dumps(stack))
+
+        done = animus(tmp_path, "demo", "--json")
+
+        assert done.returncode == 2
+        assert one_line(done) == (
+            f"animus: ANIMUS_GATEWAY_PORT: the gateway at {url} is not the one of "
+            f"the `animus up` under {tmp_path.resolve()}"
+        )
+        assert _Gateway.posts == 0
