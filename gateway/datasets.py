@@ -29,13 +29,12 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.response import Response, Stream
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from animus.errors import ValidationError
-from animus.settings import Settings
 from animus.storage import StagedBlob, TooLarge
 from animus.sweeper import settle_lock
 from contracts._text import ShortText
@@ -59,9 +58,11 @@ from gateway.idempotency import (
 )
 from gateway.limits import stream_body
 from gateway.routing import (
+    AppSettings,
     DatasetId,
     IdempotencyKey,
     ProjectId,
+    Services,
     answer_command,
     command_context,
     encode,
@@ -79,16 +80,16 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 ContentSha256 = Annotated[
     str | None,
-    Parameter(
-        header="X-Content-SHA256",
+    HeaderParameter(
+        name="X-Content-SHA256",
         required=False,
         description="sha256 of the whole file (64 hex); refused on mismatch",
     ),
 ]
 Filename = Annotated[
     str | None,
-    Parameter(
-        header="X-Filename",
+    HeaderParameter(
+        name="X-Filename",
         required=False,
         description="Original file name, percent-encoded UTF-8",
     ),
@@ -103,9 +104,9 @@ Filename = Annotated[
 )
 async def register_dataset(
     request: Request[Any, Any, Any],
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
-    data: RegisterDataset,
+    data: JSONBody[RegisterDataset],
     idempotency_key: IdempotencyKey = None,
 ) -> Response[DatasetReceipt]:
     """Register a dataset in a project; versions are uploaded afterwards."""
@@ -131,9 +132,7 @@ async def register_dataset(
     opt={PERMISSION_OPT: Permission.DATASET_READ},
     responses=problems(404),
 )
-async def list_datasets(
-    services: GatewayServices, project_id: ProjectId
-) -> DatasetList:
+async def list_datasets(services: Services, project_id: ProjectId) -> DatasetList:
     """The datasets of a project, by id."""
     await queries.get_project(services.pool, project_id)
     rows = await queries.list_datasets(services.pool, project_id)
@@ -146,7 +145,7 @@ async def list_datasets(
     responses=problems(404),
 )
 async def get_dataset(
-    services: GatewayServices, project_id: ProjectId, dataset_id: DatasetId
+    services: Services, project_id: ProjectId, dataset_id: DatasetId
 ) -> Dataset:
     """One dataset with its newest committed version number."""
     row = await queries.get_dataset(services.pool, project_id, dataset_id)
@@ -185,8 +184,8 @@ class _UploadHeaders:
 )
 async def upload_dataset_version(
     request: Request[Any, Any, Any],
-    services: GatewayServices,
-    settings: Settings,
+    services: Services,
+    settings: AppSettings,
     project_id: ProjectId,
     dataset_id: DatasetId,
     content_sha256: ContentSha256 = None,
@@ -332,7 +331,7 @@ async def _replay_before_upload(
     responses=problems(404),
 )
 async def list_dataset_versions(
-    services: GatewayServices, project_id: ProjectId, dataset_id: DatasetId
+    services: Services, project_id: ProjectId, dataset_id: DatasetId
 ) -> DatasetVersionList:
     """The committed versions of a dataset, oldest first."""
     await queries.get_dataset(services.pool, project_id, dataset_id)
@@ -346,10 +345,10 @@ async def list_dataset_versions(
     responses=problems(404),
 )
 async def get_dataset_version(
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
     dataset_id: DatasetId,
-    version: int,
+    version: FromPath[int],
 ) -> DatasetVersion:
     """One committed version with its sha256."""
     row = await queries.get_dataset_version(
@@ -366,10 +365,10 @@ async def get_dataset_version(
     responses=problems(404),
 )
 async def download_dataset_version(
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
     dataset_id: DatasetId,
-    version: int,
+    version: FromPath[int],
 ) -> Stream:
     """The bytes of a committed version, streamed; X-Content-SHA256 to verify."""
     row = await queries.get_dataset_version(

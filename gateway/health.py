@@ -14,11 +14,11 @@ import structlog
 from litestar import Response, get
 
 from animus.db import translate_db_errors
-from animus.settings import INSTANCE_HEADER, Settings
+from animus.settings import INSTANCE_HEADER
 from contracts.api import Health, Readiness
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.errors import NotReady
-from gateway.routing import problem_spec
+from gateway.routing import AppSettings, Services, problem_spec
 from gateway.services import GatewayServices
 
 log = structlog.get_logger(__name__)
@@ -30,14 +30,14 @@ Check = Callable[[], Awaitable[None]]
 
 
 @get("/healthz", opt=PUBLIC, tags=["health"])
-async def healthz(settings: Settings) -> Response[Health]:
+async def healthz(settings: AppSettings) -> Response[Health]:
     """The process is up."""
     instance = settings.instance_id
     return Response(Health(), headers={INSTANCE_HEADER: instance} if instance else None)
 
 
 @get("/readyz", opt=PUBLIC, tags=["health"], responses={503: problem_spec(503)})
-async def readyz(services: GatewayServices) -> Readiness:
+async def readyz(services: Services) -> Readiness:
     """Every dependency answers: PostgreSQL, NATS (when configured) and S3."""
     checks = readiness_checks(services)
     outcomes = await asyncio.gather(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get, post
+from litestar.params import JSONBody
 from litestar.response import Response
 
 from contracts.api import Project, ProjectList, ProjectReceipt
@@ -15,13 +16,13 @@ from gateway.routing import (
     Limit,
     Offset,
     ProjectId,
+    Services,
     answer_command,
     command_context,
     json_identity,
     problems,
     read_your_writes,
 )
-from gateway.services import GatewayServices
 from projections import queries
 
 
@@ -33,8 +34,8 @@ from projections import queries
 )
 async def create_project(
     request: Request[Any, Any, Any],
-    services: GatewayServices,
-    data: CreateProject,
+    services: Services,
+    data: JSONBody[CreateProject],
     idempotency_key: IdempotencyKey = None,
 ) -> Response[ProjectReceipt]:
     """Create a project; its id is chosen by the caller."""
@@ -59,7 +60,7 @@ async def create_project(
     responses=problems(400),
 )
 async def list_projects(
-    services: GatewayServices, limit: Limit = 50, offset: Offset = 0
+    services: Services, limit: Limit = 50, offset: Offset = 0
 ) -> ProjectList:
     """Projects in the order they were created."""
     rows = await queries.list_projects(services.pool, limit=limit, offset=offset)
@@ -71,7 +72,7 @@ async def list_projects(
     opt={PERMISSION_OPT: Permission.PROJECT_READ},
     responses=problems(404),
 )
-async def get_project(services: GatewayServices, project_id: ProjectId) -> Project:
+async def get_project(services: Services, project_id: ProjectId) -> Project:
     """One project."""
     return Project.model_validate(await queries.get_project(services.pool, project_id))
 

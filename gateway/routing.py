@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, PathParameter, QueryParameter
 from litestar.response import Response
 from pydantic import BaseModel
 
@@ -41,28 +42,36 @@ naming the parameter (the database's OFFSET is a 64-bit integer, and no list
 is that long)."""
 
 ProjectId = Annotated[
-    str, Parameter(pattern=IDENTIFIER_PATTERN, description="Project id")
+    str, PathParameter(pattern=IDENTIFIER_PATTERN, description="Project id")
 ]
 DatasetId = Annotated[
-    str, Parameter(pattern=IDENTIFIER_PATTERN, description="Dataset id")
+    str, PathParameter(pattern=IDENTIFIER_PATTERN, description="Dataset id")
 ]
-RunId = Annotated[str, Parameter(pattern=RUN_ID_PATTERN, description="Run id")]
+RunId = Annotated[str, PathParameter(pattern=RUN_ID_PATTERN, description="Run id")]
 Limit = Annotated[
     int,
-    Parameter(ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}"),
+    QueryParameter(
+        ge=1, le=MAX_PAGE_SIZE, description=f"Page size, 1 to {MAX_PAGE_SIZE}"
+    ),
 ]
 Offset = Annotated[
     int,
-    Parameter(ge=0, le=MAX_OFFSET, description=f"Items to skip, 0 to {MAX_OFFSET}"),
+    QueryParameter(
+        ge=0, le=MAX_OFFSET, description=f"Items to skip, 0 to {MAX_OFFSET}"
+    ),
 ]
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         required=False,
         description="Run this POST at most once per key (per caller)",
     ),
 ]
+Services = NamedDependency[GatewayServices]
+"""The gateway's open services, injected by name (`provide_services`)."""
+AppSettings = NamedDependency[Settings]
+"""The gateway's settings, injected by name (`provide_settings`)."""
 
 
 def provide_services(state: State) -> GatewayServices:

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Response, Stream
 
 from animus.errors import ValidationError
@@ -29,18 +29,18 @@ from gateway.routing import (
     Offset,
     ProjectId,
     RunId,
+    Services,
     answer_command,
     command_context,
     json_identity,
     problems,
     read_your_writes,
 )
-from gateway.services import GatewayServices
 from projections import queries
 
 StatusFilter = Annotated[
     str | None,
-    Parameter(required=False, description="Only runs in this status"),
+    QueryParameter(required=False, description="Only runs in this status"),
 ]
 
 
@@ -52,9 +52,9 @@ StatusFilter = Annotated[
 )
 async def submit_run(
     request: Request[Any, Any, Any],
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
-    data: RunSpec,
+    data: JSONBody[RunSpec],
     idempotency_key: IdempotencyKey = None,
 ) -> Response[RunReceipt]:
     """Submit a run; every input must name a committed dataset version."""
@@ -75,7 +75,7 @@ async def submit_run(
     responses=problems(400, 404, 422),
 )
 async def list_runs(
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
     status: StatusFilter = None,
     limit: Limit = 50,
@@ -94,9 +94,7 @@ async def list_runs(
     opt={PERMISSION_OPT: Permission.RUN_READ},
     responses=problems(404),
 )
-async def get_run(
-    services: GatewayServices, project_id: ProjectId, run_id: RunId
-) -> Run:
+async def get_run(services: Services, project_id: ProjectId, run_id: RunId) -> Run:
     """One run with its spec, plan, metrics and artifacts."""
     return Run.model_validate(await queries.get_run(services.pool, project_id, run_id))
 
@@ -109,10 +107,10 @@ async def get_run(
 )
 async def cancel_run(
     request: Request[Any, Any, Any],
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
     run_id: RunId,
-    data: CancelRun | None = None,
+    data: JSONBody[CancelRun | None] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response[CancelReceipt]:
     """Ask for a run to stop; the executor confirms with RunCanceled."""
@@ -136,7 +134,7 @@ async def cancel_run(
     responses=problems(404),
 )
 async def run_timeline(
-    services: GatewayServices, project_id: ProjectId, run_id: RunId
+    services: Services, project_id: ProjectId, run_id: RunId
 ) -> RunTimeline:
     """Every event of the run, in order, straight from the log."""
     events = await queries.run_timeline(services.pool, project_id, run_id)
@@ -151,7 +149,7 @@ async def run_timeline(
     responses=problems(404),
 )
 async def run_lineage(
-    services: GatewayServices, project_id: ProjectId, run_id: RunId
+    services: Services, project_id: ProjectId, run_id: RunId
 ) -> RunLineage:
     """What the run consumed and produced, with digests."""
     lineage = await queries.run_lineage(services.pool, project_id, run_id)
@@ -164,7 +162,7 @@ async def run_lineage(
     responses=problems(404),
 )
 async def list_artifacts(
-    services: GatewayServices, project_id: ProjectId, run_id: RunId
+    services: Services, project_id: ProjectId, run_id: RunId
 ) -> ArtifactList:
     """The run's artifacts with their digests and sizes."""
     run = await queries.get_run(services.pool, project_id, run_id)
@@ -178,10 +176,10 @@ async def list_artifacts(
     responses=problems(404, 422),
 )
 async def download_artifact(
-    services: GatewayServices,
+    services: Services,
     project_id: ProjectId,
     run_id: RunId,
-    name: PurePosixPath,
+    name: FromPath[PurePosixPath],
 ) -> Stream:
     """The bytes of one artifact (the name may contain `/`), streamed."""
     artifact_name = artifact_name_of(name)
