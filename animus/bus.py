@@ -298,7 +298,8 @@ async def fetch_batch(
     """Fetch up to `batch` messages; an empty list when none arrived in time."""
     try:
         return await sub.fetch(batch, timeout=timeout)
-    except nats.errors.TimeoutError:
+    except (nats.errors.TimeoutError, TimeoutError):
+        # nats-py sometimes lets the bare asyncio timeout escape a fetch
         return []
     except nats.errors.Error as exc:
         raise BusError(f"fetch failed: {exc}") from exc

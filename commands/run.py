@@ -230,10 +230,13 @@ class ExecutorCapabilities:
 
     injects_secrets: bool
     max_gpus: int
+    runs_images: bool
 
 
 EXECUTOR_CAPABILITIES: dict[str, ExecutorCapabilities] = {
-    "local": ExecutorCapabilities(injects_secrets=False, max_gpus=0),
+    "local": ExecutorCapabilities(
+        injects_secrets=False, max_gpus=0, runs_images=False
+    ),
 }
 """By the executor a plan names (`RunPlan.executor`, the launch subject)."""
 
@@ -242,12 +245,19 @@ def check_executor_supports(spec: RunSpec) -> None:
     """Refuse a spec that its executor would fail at launch or silently ignore.
 
     Raises:
-        ValidationError: the executor cannot inject the spec's secrets or
-            give it the GPUs it asks for.
+        ValidationError: the executor cannot run the spec's image, inject
+            its secrets or give it the GPUs it asks for.
     """
     capabilities = EXECUTOR_CAPABILITIES.get(spec.executor)
     if capabilities is None:
         return
+    if spec.image is not None and not capabilities.runs_images:
+        # the plan would name an image the workload never ran in
+        raise ValidationError(
+            f"the {spec.executor} executor runs the command in its sandbox on "
+            "this machine, not in a container image; submit it without image",
+            field="image",
+        )
     if spec.secret_refs and not capabilities.injects_secrets:
         raise ValidationError(
             f"the {spec.executor} executor cannot inject secrets, so the run "

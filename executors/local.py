@@ -443,7 +443,7 @@ class LocalExecutor:
                 await asyncio.wait(self._tasks, timeout=0.5)
                 continue
             try:
-                msgs = await _fetch(sub, batch=free)
+                msgs = await fetch_batch(sub, batch=free, timeout=0.5)
             except BusError as exc:
                 log.warning("launch_fetch_failed", error=str(exc))
                 await _sleep_or_stop(stop, 1.0)
@@ -454,7 +454,7 @@ class LocalExecutor:
     async def _cancel_loop(self, sub: Any, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                msgs = await _fetch(sub, batch=32)
+                msgs = await fetch_batch(sub, batch=32, timeout=0.5)
             except BusError as exc:
                 log.warning("cancel_fetch_failed", error=str(exc))
                 await _sleep_or_stop(stop, 1.0)
@@ -1067,14 +1067,6 @@ def _deliveries(msg: Msg) -> int:
         return int(msg.metadata.num_delivered)
     except Exception:
         return 1
-
-
-async def _fetch(sub: Any, *, batch: int) -> list[Msg]:
-    """`fetch_batch`, also when nats-py lets a bare asyncio timeout escape."""
-    try:
-        return await fetch_batch(sub, batch=batch, timeout=0.5)
-    except TimeoutError:
-        return []
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

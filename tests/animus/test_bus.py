@@ -7,10 +7,11 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nats.errors
 import pytest
 import structlog
 
-from animus.bus import connect_bus, open_bus
+from animus.bus import connect_bus, fetch_batch, open_bus
 from animus.embedded import EmbeddedNats, free_port
 from animus.errors import BusError
 
@@ -76,3 +77,22 @@ async def test_failed_attempts_warn_once(tmp_path: Path) -> None:
     errors = [e for e in logs if e["event"] == "bus_error"]
     assert len(errors) >= 2
     assert [e["log_level"] for e in errors][:2] == ["warning", "debug"]
+
+
+class _TimingOut:
+    """A pull subscription whose fetch ends as nats-py's sometimes does."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    async def fetch(self, batch: int, timeout: float) -> list[object]:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), nats.errors.TimeoutError()])
+async def test_a_fetch_that_times_out_either_way_is_an_empty_batch(
+    error: BaseException,
+) -> None:
+    """nats-py 2.x lets a bare asyncio timeout escape `fetch` at times; the
+    coordinator used to take it for a failure and drop its subscription."""
+    assert await fetch_batch(_TimingOut(error), timeout=0.01) == []  # type: ignore[arg-type]

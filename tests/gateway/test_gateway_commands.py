@@ -296,6 +296,7 @@ class TestRefusalsAppendNothing:
         [
             ({"secret_refs": ["x"]}, "secret_refs", "cannot inject secrets"),
             ({"resources": {"gpus": 1}}, "resources.gpus", "no GPUs"),
+            ({"image": "python:3.11"}, "image", "not in a container image"),
         ],
     )
     async def test_what_the_local_executor_cannot_give_is_refused_at_submit(
