@@ -10,7 +10,8 @@ processes of the current Python process, with their binaries taken from the
 - NATS runs with JetStream, its store under the data directory.
 - SeaweedFS runs as ``weed mini`` (master, volume, filer and S3 gateway in one
   process) with static credentials; every internal port is chosen explicitly
-  and remembered in ``ports.json`` beside its data.
+  and remembered in ``ports.json`` beside its data, each gRPC port being its
+  server's port + 10000, the port SeaweedFS derives when it dials one.
 
 A service refuses to start on a port that something else holds, and is only
 called started once the server answering on its port is the child it started
@@ -32,6 +33,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,7 +44,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self
@@ -130,9 +132,46 @@ def _claim(service: str, port: int) -> None:
         raise PortInUse(service, port)
 
 
+GRPC_OFFSET = 10_000
+"""SeaweedFS's convention: a server's gRPC port is its port + 10000. Parts of
+`weed mini` dial that derived port whatever their flags say (its worker
+dials the admin port + 10000), so every port pair follows it."""
+
+_PAIR_RANGE = range(20_000, 65_536 - GRPC_OFFSET)
+"""Where a base port is drawn: its gRPC twin stays a valid port."""
+
+
+def free_port_pairs(count: int, *, exclude: Collection[int] = ()) -> list[int]:
+    """`count` ports p, each with p + GRPC_OFFSET, all distinct and free now.
+
+    Raises:
+        EmbeddedServiceError: no such ports could be found.
+    """
+    rng = random.SystemRandom()
+    taken = set(exclude)
+    bases: list[int] = []
+    for _ in range(200 * count):
+        if len(bases) == count:
+            break
+        base = rng.choice(_PAIR_RANGE)
+        pair = (base, base + GRPC_OFFSET)
+        if taken.isdisjoint(pair) and all(map(port_is_free, pair)):
+            bases.append(base)
+            taken.update(pair)
+    if len(bases) < count:
+        raise EmbeddedServiceError(
+            f"found no {count} free port pairs (port and port + {GRPC_OFFSET})"
+        )
+    return bases
+
+
 @dataclass(frozen=True, kw_only=True)
 class SeaweedPorts:
-    """Every port `weed mini` listens on besides the S3 one."""
+    """Every port `weed mini` listens on besides the S3 one.
+
+    Each server's gRPC port is its port + GRPC_OFFSET, as SeaweedFS derives
+    it; the S3 gRPC port, which nothing derives, is any free port.
+    """
 
     master: int
     master_grpc: int
@@ -144,10 +183,29 @@ class SeaweedPorts:
     admin: int
     admin_grpc: int
 
+    _PAIRED = ("master", "volume", "filer", "admin")
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for a port pair that breaks the convention."""
+        for name in self._PAIRED:
+            base, grpc = getattr(self, name), getattr(self, f"{name}_grpc")
+            if base not in _PAIR_RANGE or grpc != base + GRPC_OFFSET:
+                raise ValueError(
+                    f"seaweed {name} ports {base}/{grpc}: the gRPC port must be "
+                    f"the port + {GRPC_OFFSET}, at most 65535"
+                )
+        if len(set(self.values())) != len(self.values()):
+            raise ValueError("seaweed ports must be distinct")
+
     @classmethod
-    def pick(cls) -> SeaweedPorts:
-        names = [f.name for f in fields(cls)]
-        return cls(**dict(zip(names, free_ports(len(names)), strict=True)))
+    def pick(cls, *, exclude: Collection[int] = ()) -> SeaweedPorts:
+        """Free ports following the convention, none of `exclude`."""
+        bases = dict(zip(cls._PAIRED, free_port_pairs(4, exclude=exclude), strict=True))
+        taken = {*exclude, *bases.values()}
+        taken.update(base + GRPC_OFFSET for base in bases.values())
+        s3_grpc = next(p for p in iter(free_port, None) if p not in taken)
+        grpc = {f"{name}_grpc": base + GRPC_OFFSET for name, base in bases.items()}
+        return cls(**bases, **grpc, s3_grpc=s3_grpc)
 
     def values(self) -> tuple[int, ...]:
         return tuple(asdict(self).values())
@@ -833,16 +891,32 @@ class EmbeddedS3:
         ]
 
     def _resolve_ports(self) -> SeaweedPorts:
-        """Given ports, else the ones of the last run if free, else new ones."""
+        """Given ports, else the ones of the last run if still usable, else new.
+
+        A saved set is dropped when a port is taken or is the S3 port, or when
+        it breaks the gRPC convention (as sets picked before it was kept do).
+        """
         saved = self.data_dir / "ports.json"
         ports = self._wanted_ports
         if ports is None and saved.exists():
-            ports = SeaweedPorts(**json.loads(saved.read_text()))
-            if not all(map(port_is_free, ports.values())):
-                log.warning("embedded s3 ports taken, picking new", old=asdict(ports))
-                ports = None
-        ports = ports or SeaweedPorts.pick()
+            ports = self._saved_ports(saved)
+        ports = ports or SeaweedPorts.pick(exclude=(self.port,))
         saved.write_text(json.dumps(asdict(ports), indent=2) + "\n")
+        return ports
+
+    def _saved_ports(self, saved: Path) -> SeaweedPorts | None:
+        try:
+            values = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            ports = SeaweedPorts(**values)
+        except (TypeError, ValueError) as exc:
+            log.warning("embedded s3 ports unusable, picking new", reason=str(exc))
+            return None
+        if self.port in ports.values() or not all(map(port_is_free, ports.values())):
+            log.warning("embedded s3 ports taken, picking new", old=asdict(ports))
+            return None
         return ports
 
     def _write_config(self) -> None:

@@ -4,20 +4,26 @@ the one answering on its port is the child it started."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
 
 from animus import embedded
 from animus.embedded import (
+    GRPC_OFFSET,
     EmbeddedNats,
     EmbeddedPorts,
+    EmbeddedS3,
     EmbeddedServiceError,
     EmbeddedStack,
     PortInUse,
+    SeaweedPorts,
     free_ports,
+    port_is_free,
 )
 
 
@@ -91,3 +97,51 @@ def test_an_answer_counts_only_from_our_child(tmp_path: Path) -> None:
             timeout=1,
             log_path=tmp_path / "nats.log",
         )
+
+
+# `weed mini`'s worker dials the admin port + 10000 whatever -admin.port.grpc
+# says: with admin 58189 it dialled "68189: invalid port" every few seconds.
+def _follows_the_grpc_convention(ports: SeaweedPorts) -> bool:
+    pairs = [(ports.master, ports.master_grpc), (ports.volume, ports.volume_grpc)]
+    pairs += [(ports.filer, ports.filer_grpc), (ports.admin, ports.admin_grpc)]
+    return all(grpc == base + GRPC_OFFSET <= 65535 for base, grpc in pairs)
+
+
+def test_seaweed_ports_are_picked_with_each_grpc_port_at_port_plus_10000() -> None:
+    for _ in range(20):
+        ports = SeaweedPorts.pick(exclude=(48333,))
+
+        assert _follows_the_grpc_convention(ports)
+        assert len(set(ports.values())) == 9 and 48333 not in ports.values()
+        assert all(map(port_is_free, ports.values()))
+
+
+def test_a_set_breaking_the_convention_is_refused() -> None:
+    good = asdict(SeaweedPorts.pick())
+
+    with pytest.raises(ValueError, match="admin"):
+        SeaweedPorts(**{**good, "admin": 58189, "admin_grpc": 58190})
+    with pytest.raises(ValueError, match="admin"):
+        SeaweedPorts(**{**good, "admin_grpc": good["admin"] + 1})
+
+
+def test_a_saved_set_breaking_the_convention_is_replaced(tmp_path: Path) -> None:
+    server = EmbeddedS3(tmp_path / "s3", free_ports(1)[0])
+    server.data_dir.mkdir(parents=True)
+    names = [field.name for field in fields(SeaweedPorts)]
+    stale = dict(zip(names, free_ports(9), strict=True)) | {"admin": 58189}
+    (server.data_dir / "ports.json").write_text(json.dumps(stale))
+
+    ports = server._resolve_ports()
+
+    assert _follows_the_grpc_convention(ports)
+    assert json.loads((server.data_dir / "ports.json").read_text()) == asdict(ports)
+
+
+def test_a_good_saved_set_is_kept(tmp_path: Path) -> None:
+    server = EmbeddedS3(tmp_path / "s3", free_ports(1)[0])
+    server.data_dir.mkdir(parents=True)
+    saved = SeaweedPorts.pick(exclude=(server.port,))
+    (server.data_dir / "ports.json").write_text(json.dumps(asdict(saved)))
+
+    assert server._resolve_ports() == saved
