@@ -199,13 +199,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check-storage":
         return _check_storage(settings, content=args.content, as_json=args.json)
     if args.command == "migrate":
+        from animus.db import owner_dsn
         from animus.migrate import migrate
         from animus.stack import resolve_services
 
-        settings = resolve_services(settings)
-        if not settings.database_url:
-            raise ConfigurationError("ANIMUS_DATABASE_URL: required for migrate")
-        migrate(settings.database_url)
+        migrate(owner_dsn(resolve_services(settings)))
         print("database migrated")
         return 0
     raise ConfigurationError(f"unknown command {args.command}")
@@ -273,8 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in PROCESSES:
             from animus.telemetry import configure_logging
 
-            # operator tools keep stdout for their answer; logs go to stderr
-            configure_logging(level=settings.log_level, fmt=settings.log_format)
+            # operator tools keep stdout for their answer and log only what
+            # went wrong, to stderr (`up` and the demo set their own level)
+            level = "error" if settings.log_level == "error" else "warning"
+            configure_logging(level=level, fmt=settings.log_format)
         return _dispatch(args, settings)
     except TransientStoreError as exc:
         err.print(

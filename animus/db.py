@@ -24,9 +24,22 @@ def with_user(dsn: str, user: str) -> str:
 
 
 def app_dsn(settings: Settings) -> str:
-    """The DSN of the INSERT/SELECT-only application role."""
+    """The DSN of the INSERT/SELECT-only application role.
+
+    Raises:
+        StoreError: no database is set and no `animus up` runs here.
+    """
     if settings.app_database_url:
         return settings.app_database_url
+    return with_user(owner_dsn(settings), APP_ROLE)
+
+
+def owner_dsn(settings: Settings) -> str:
+    """The DSN of the owner role (migrations, replay).
+
+    Raises:
+        StoreError: no database is set and no `animus up` runs here.
+    """
     if not settings.database_url:
         # commands find a running `animus up` through ANIMUS_HOME (./.animus)
         raise StoreError(
@@ -34,7 +47,7 @@ def app_dsn(settings: Settings) -> str:
             "start one, run this in the folder where it runs (or set ANIMUS_HOME "
             "to that folder's .animus), or set ANIMUS_DATABASE_URL"
         )
-    return with_user(settings.database_url, APP_ROLE)
+    return settings.database_url
 
 
 def sqlalchemy_url(dsn: str) -> str:

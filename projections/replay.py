@@ -17,7 +17,7 @@ import structlog
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
-from animus.db import open_pool, translate_db_errors
+from animus.db import open_pool, owner_dsn, translate_db_errors
 from animus.eventstore import EventStore
 from projections.projector import (
     DEFAULT_CHECKPOINT,
@@ -268,28 +268,32 @@ async def _compare_table(
 async def replay_command(settings: Any) -> dict[str, Any]:
     """`animus replay`: replay with a progress bar; a JSON-ready report.
 
+    The bar goes to stderr, and only to a terminal: stdout keeps the answer.
+
     Raises:
-        ConfigurationError: no database is configured.
-        StoreError: the database failed.
+        StoreError: no database is set and no `animus up` runs here, or the
+            database failed.
     """
+    import sys
+
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from animus.errors import ConfigurationError
-
-    if not settings.database_url:
-        raise ConfigurationError("ANIMUS_DATABASE_URL: replay needs the database")
+    dsn = owner_dsn(settings)
     with Progress(
         TextColumn("replaying"),
         BarColumn(),
         MofNCompleteColumn(),
+        console=Console(stderr=True),
         transient=True,
+        disable=not sys.stderr.isatty(),  # else it leaves an empty line
     ) as bar:
         task = bar.add_task("replay", total=None)
 
         def advance(position: int, target: int) -> None:
             bar.update(task, completed=position, total=target)
 
-        report = await replay(settings.database_url, progress=advance)
+        report = await replay(dsn, progress=advance)
     return {
         "equal": report.equal,
         "position": report.position,

@@ -352,13 +352,18 @@ def other_gateway() -> Iterator[int]:
 class TestAnotherFolder:
     """Commands find the stack through ANIMUS_HOME (./.animus by default)."""
 
-    def test_verify_without_a_stack_here_says_where_it_looked(
-        self, tmp_path: Path
+    @pytest.mark.parametrize(
+        "command", ["verify", "replay", "check-storage", "migrate"]
+    )
+    def test_a_tool_without_a_stack_here_says_where_it_looked(
+        self, tmp_path: Path, command: str
     ) -> None:
-        done = animus(tmp_path, "verify")
+        done = animus(tmp_path, command)
+        assert done.returncode == 1
         line = one_line(done)
         assert f"no `animus up` runs under {tmp_path.resolve()}" in line
         assert "ANIMUS_HOME" in line and "ANIMUS_DATABASE_URL" in line
+        assert done.stdout == ""
 
     def test_the_demo_refuses_a_gateway_that_is_not_of_its_home(
         self, tmp_path: Path, other_gateway: int
@@ -392,3 +397,22 @@ class TestAnotherFolder:
             f"the `animus up` under {tmp_path.resolve()}"
         )
         assert _Gateway.posts == 0
+
+
+class TestOperatorTools:
+    """verify and replay print their answer on stdout, and nothing else:
+    no progress bar outside a terminal, no log lines unless something is wrong."""
+
+    @pytest.mark.parametrize(
+        ("command", "last"), [("verify", "chain verified"), ("replay", "replay equals")]
+    )
+    def test_only_the_answer_is_printed(
+        self, tmp_path: Path, fresh_database: str, command: str, last: str
+    ) -> None:
+        done = animus(tmp_path, command, ANIMUS_DATABASE_URL=fresh_database)
+
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        lines = done.stdout.splitlines()
+        assert lines[-1].startswith(last)
+        assert all(line.strip() for line in lines), done.stdout
