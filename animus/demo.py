@@ -313,18 +313,25 @@ def _lineage_tree(run_id: str, lineage: Any) -> Tree:
 
 def _report(console: Console, result: dict[str, Any]) -> None:
     rerun = result["rerun"]
-    same = (
-        rerun["spec_hash"] == result["spec_hash"]
-        and rerun["plan_hash"] == result["plan_hash"]
-    )
+    model = "identical" if rerun["model_sha256_equal"] else "DIFFERENT"
     console.print(
-        f"\nrerun {rerun['run_id']}: spec hash {'equal' if same else 'DIFFERENT'}, "
-        f"plan hash {result['plan_hash'][:16]}…, model sha256 "
-        f"{'identical' if rerun['model_sha256_equal'] else 'DIFFERENT'}"
+        f"\nrerun {rerun['run_id']}: {_hashes(result, rerun)}, model sha256 {model}"
     )
     chain = result["chain"]
     mark = "[green]verified[/]" if chain["verified"] else "[red]BROKEN[/]"
     console.print(f"hash chain: {chain['events']} events {mark}")
+
+
+def _hashes(first: dict[str, Any], rerun: dict[str, Any]) -> str:
+    """How the rerun's spec and plan hashes compare with the first run's."""
+    spec, plan = first["spec_hash"], first["plan_hash"]
+    if rerun["spec_hash"] == spec and rerun["plan_hash"] == plan:
+        return f"spec and plan hashes equal (spec {spec[:16]}…, plan {plan[:16]}…)"
+    return ", ".join(
+        f"{name} hash {'equal' if rerun[key] == first[key] else 'DIFFERENT'} "
+        f"({first[key][:16]}…, then {rerun[key][:16]}…)"
+        for name, key in (("spec", "spec_hash"), ("plan", "plan_hash"))
+    )
 
 
 def _healthy(url: str) -> bool:
@@ -456,12 +463,24 @@ def _stop_stack(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def _console(*, stderr: bool) -> Console:
+    """A console that never breaks a line of its own: a digest stays whole.
+
+    Outside a terminal (a file, a pipe) there is no width to keep to, so
+    tables get room for full digests too.
+    """
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
+
+
 def run_demo(settings: Settings, *, as_json: bool) -> int:
     """Run the main job; return the process exit code."""
     from animus.telemetry import configure_logging
 
     configure_logging(level="warning", fmt="console")
-    console = Console(stderr=as_json, highlight=False)
+    console = _console(stderr=as_json)
     url, stack = _platform(settings, console, quiet=as_json)
     token = next(iter(settings.dev_tokens))
     try:
@@ -469,16 +488,16 @@ def run_demo(settings: Settings, *, as_json: bool) -> int:
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
         ) as client:
             result = run_job(Api(client), console, settings, quiet=as_json)
+        if as_json:
+            result.pop("lineage", None)
+            print(json.dumps(result, sort_keys=True))
+        else:
+            _report(console, result)
     finally:
-        if stack is not None:
+        if stack is not None:  # after the summary: the platform is done with
             if not as_json:
                 console.print("stopping the platform that the demo started…")
             _stop_stack(stack)
-    if as_json:
-        result.pop("lineage", None)
-        print(json.dumps(result, sort_keys=True))
-    else:
-        _report(console, result)
     if stack is not None:  # on stderr with --json, beside the JSON
         console.print(
             f"To explore, keep one running: `animus up`, then the API at {url} "
