@@ -93,7 +93,7 @@ class EmptyUpload(ValidationError):
 
 
 class TooLarge(ValidationError):
-    title = "Upload too large"
+    title = "Content too large"
 
 
 class BlobStore:

@@ -56,7 +56,7 @@ from gateway.idempotency import (
     run_claimed,
     upload_fingerprint,
 )
-from gateway.limits import stream_body
+from gateway.limits import stream_body, too_large
 from gateway.routing import (
     AppSettings,
     DatasetId,
@@ -207,15 +207,24 @@ async def upload_dataset_version(
     if early is not None:
         return early
 
-    async with services.blobs.staged(
-        stream_body(request),
-        part_size=settings.upload_part_bytes,
-        max_bytes=settings.max_upload_bytes,
-        expected_sha256=headers.declared_sha256,
-    ) as staged:
-        return await _commit_upload(
-            request, services, project_id, dataset_id, headers, staged, idempotency_key
-        )
+    try:
+        async with services.blobs.staged(
+            stream_body(request),
+            part_size=settings.upload_part_bytes,
+            max_bytes=settings.max_upload_bytes,
+            expected_sha256=headers.declared_sha256,
+        ) as staged:
+            return await _commit_upload(
+                request,
+                services,
+                project_id,
+                dataset_id,
+                headers,
+                staged,
+                idempotency_key,
+            )
+    except TooLarge as exc:  # more arrived than Content-Length announced
+        raise _upload_too_large(settings.max_upload_bytes) from exc
 
 
 async def _commit_upload(
@@ -302,7 +311,11 @@ def _upload_headers(
 def _check_announced_size(request: Request[Any, Any, Any], limit: int) -> None:
     announced = request.content_length
     if announced is not None and announced > limit:
-        raise TooLarge(f"upload exceeds {limit} bytes")
+        raise _upload_too_large(limit)
+
+
+def _upload_too_large(limit: int) -> TooLarge:
+    return too_large("the upload", limit, "ANIMUS_MAX_UPLOAD_BYTES")
 
 
 async def _replay_before_upload(

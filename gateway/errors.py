@@ -3,7 +3,8 @@
 Every error response is RFC 9457 problem details (`application/problem+json`)
 with `type`, `title`, `status`, `detail`, `instance` and `request_id`.
 Litestar's problem-details plugin carries the conversion; `PROBLEMS` decides
-status, title and detail. Our own 4xx errors keep their detail; anything 5xx
+status and detail, and each type has one title (`TITLES`), the same whether
+our code or Litestar refused. Our own 4xx errors keep their detail; any 5xx
 answers a stable detail (never driver text), and an unexpected error is
 logged once, with its traceback, here and nowhere else.
 
@@ -166,6 +167,16 @@ PROBLEMS: dict[type[Exception], ProblemKind] = {
 
 INTERNAL = ProblemKind(500, "internal", "internal error")
 
+TITLES: dict[str, str] = {
+    **{kind.slug: cls.title for cls, kind in PROBLEMS.items() if kind.status < 500},
+    "method-not-allowed": "Method not allowed",
+    "unsupported-media-type": "Unsupported media type",
+    "too-many-requests": "Too many requests",
+    "invalid-parameter": "Invalid parameter",
+}
+"""One title per problem type, whoever raised it (our code or Litestar's);
+a 5xx type not named here is titled by its status, as its detail is fixed."""
+
 
 def problem_kind(exc: Exception) -> ProblemKind:
     for cls in type(exc).__mro__:
@@ -184,8 +195,7 @@ def to_problem(exc: Exception) -> ProblemDetailsException:
     if kind.status >= 500:
         _log_server_error(exc, kind)
     detail = kind.detail or (exc.detail if isinstance(exc, AnimusError) else "")
-    title = exc.title if isinstance(exc, AnimusError) and kind.status < 500 else None
-    return _problem(kind, detail, title=title, **_extras(exc))
+    return _problem(kind, detail, **_extras(exc))
 
 
 def _extras(exc: Exception) -> dict[str, Any]:
@@ -214,14 +224,13 @@ def _problem(
     kind: ProblemKind,
     detail: str,
     *,
-    title: str | None = None,
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ProblemDetailsException:
     return AnimusProblem(
         status_code=kind.status,
         type_=PROBLEM_TYPE_BASE + kind.slug,
-        title=title or _default_title(kind.status),
+        title=TITLES.get(kind.slug) or _default_title(kind.status),
         detail=detail,
         headers=headers,
         extra=extra,
@@ -239,6 +248,9 @@ def _from_http_exception(exc: HTTPException) -> ProblemDetailsException:
     slug = _HTTP_SLUGS.get(status, "http-error")
     if isinstance(exc, NotFoundException):
         return _problem(ProblemKind(404, slug), "no resource at this path")
+    if status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:  # read elsewhere than limits
+        detail = "the body is larger than the limit (ANIMUS_MAX_BODY_BYTES)"
+        return _problem(ProblemKind(413, slug), detail)
     return _problem(ProblemKind(status, slug), str(exc.detail), headers=exc.headers)
 
 
@@ -266,7 +278,6 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
         return _problem(
             ProblemKind(400, "invalid-parameter"),
             f"invalid parameter: {names}" if names else "a parameter is invalid",
-            title="Invalid parameter",
             extra={"errors": errors},
         )
     raw = getattr(exc.__cause__, "errors", None)
@@ -277,7 +288,6 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     return _problem(
         ProblemKind(422, "invalid-body"),
         "the request body does not validate",
-        title=InvalidBody.title,
         extra={"errors": errors},
     )
 
@@ -411,10 +421,12 @@ def _log_server_error(exc: Exception, kind: ProblemKind) -> None:
 
 
 def _default_title(status: int) -> str:
+    """The status's phrase, in the sentence case of every title of ours."""
     try:
-        return HTTPStatus(status).phrase
+        phrase = HTTPStatus(status).phrase
     except ValueError:
         return "Error"
+    return phrase[:1] + phrase[1:].lower()
 
 
 def render_problem(

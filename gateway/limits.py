@@ -2,9 +2,9 @@
 
 Order, each step refusing before the next costs anything:
 
-1. size: Litestar's `request_max_body_size` answers 413 from the
-   `Content-Length` header, or while streaming a body without one, so at
-   most the limit is ever buffered;
+1. size: Litestar's `request_max_body_size` (ANIMUS_MAX_BODY_BYTES) refuses
+   from the `Content-Length` header, or while streaming a body without one,
+   so at most the limit is ever buffered; the 413 names the limit;
 2. presence: a route whose body is required refuses an empty one (422);
 3. encoding: the bytes must be UTF-8 (400);
 4. nesting: a scan of brackets outside strings refuses depth > 64 (400)
@@ -25,7 +25,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from litestar.exceptions import InternalServerException, SerializationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from animus.storage import TooLarge
 from gateway.errors import BadRequest, InvalidBody, UploadInterrupted
 
 if TYPE_CHECKING:
@@ -67,14 +69,33 @@ def check_utf8(body: bytes) -> None:
         raise BadRequest(f"the body is not valid UTF-8 (byte {exc.start})") from exc
 
 
+def size_text(size: int) -> str:
+    """`size` in the largest binary unit that divides it: 1 MiB, 50 GiB."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
+def too_large(what: str, limit: int, setting: str) -> TooLarge:
+    """The 413 for `what` beyond `limit`, naming the setting that sets it."""
+    return TooLarge(f"{what} is larger than the {size_text(limit)} limit ({setting})")
+
+
 async def read_body(request: Request[Any, Any, Any]) -> bytes:
     """The whole body, within the route's size limit (413 beyond it).
 
     Raises:
+        TooLarge: the body is larger than the limit.
         UploadInterrupted: the client went away before the body ended.
     """
     try:
         return await request.body()
+    except RequestEntityTooLarge as exc:
+        limit = request.route_handler.resolve_request_max_body_size()
+        if limit is None:
+            raise
+        raise too_large("the body", limit, "ANIMUS_MAX_BODY_BYTES") from exc
     except InternalServerException as exc:
         raise UploadInterrupted("the client stopped sending the body") from exc
 

@@ -92,7 +92,7 @@ async def get_project(pool: AsyncConnectionPool, project_id: str) -> Row:
         "SELECT project_id, name, description, created_at, created_by, position "
         "FROM rm.projects WHERE project_id = %(project_id)s",
         {"project_id": project_id},
-        f"project {project_id!r} does not exist",
+        f"project {project_id} does not exist",
     )
 
 
@@ -121,7 +121,7 @@ async def get_dataset(
         "latest_version FROM rm.datasets "
         "WHERE project_id = %(project_id)s AND dataset_id = %(dataset_id)s",
         {"project_id": project_id, "dataset_id": dataset_id},
-        f"dataset {dataset_id!r} does not exist in project {project_id!r}",
+        f"dataset {dataset_id} does not exist in project {project_id}",
     )
 
 
@@ -152,7 +152,7 @@ async def get_dataset_version(
         "WHERE project_id = %(project_id)s AND dataset_id = %(dataset_id)s "
         "AND version = %(version)s",
         {"project_id": project_id, "dataset_id": dataset_id, "version": version},
-        f"dataset {dataset_id!r} of project {project_id!r} has no version {version}",
+        f"dataset {dataset_id} of project {project_id} has no version {version}",
     )
 
 
@@ -206,7 +206,7 @@ async def _run_row(
         f"SELECT {columns} FROM rm.runs "
         "WHERE project_id = %(project_id)s AND run_id = %(run_id)s",
         {"project_id": project_id, "run_id": run_id},
-        f"run {run_id!r} does not exist in project {project_id!r}",
+        f"run {run_id} does not exist in project {project_id}",
     )
 
 
@@ -236,7 +236,7 @@ async def run_timeline(
         {"stream_id": run_stream(run_id), "project_id": project_id},
     )
     if not events:
-        raise NotFoundError(f"run {run_id!r} does not exist in project {project_id!r}")
+        raise NotFoundError(f"run {run_id} does not exist in project {project_id}")
     return events
 
 
@@ -303,5 +303,5 @@ async def get_artifact(
         "WHERE r.project_id = %(project_id)s AND a.run_id = %(run_id)s "
         "AND a.name = %(name)s",
         {"project_id": project_id, "run_id": run_id, "name": name},
-        f"run {run_id!r} of project {project_id!r} has no artifact {name!r}",
+        f"run {run_id} of project {project_id} has no artifact {name}",
     )

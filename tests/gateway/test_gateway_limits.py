@@ -6,11 +6,13 @@ Every refusal happens before a side effect: the events head does not move.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 import pytest
-from gwtest import ALICE, Client, Head, create_project, new_id
+from gwtest import ALICE, Client, Head, create_project, new_id, register_dataset
+from litestar import Litestar
 
-from gateway.limits import MAX_JSON_DEPTH, check_nesting
+from gateway.limits import MAX_JSON_DEPTH, check_nesting, size_text
 
 
 def dataset_body(**fields: object) -> dict[str, object]:
@@ -106,6 +108,44 @@ class TestBodies:
         body = json.dumps(dataset_body(description="x" * 10_000_000)).encode()
         answer = await post_raw(client, f"/projects/{project_id}/datasets", body)
         assert answer.status_code == 413
+        problem = answer.json()
+        assert problem["title"] == "Content too large"
+        assert problem["detail"] == (
+            "the body is larger than the 1 MiB limit (ANIMUS_MAX_BODY_BYTES)"
+        )
+        assert await head() == before
+
+    @pytest.mark.parametrize("announced", [True, False])
+    async def test_an_upload_beyond_the_limit_is_413_naming_it(
+        self,
+        client: Client,
+        head: Head,
+        app: Litestar,
+        monkeypatch: pytest.MonkeyPatch,
+        announced: bool,
+    ) -> None:
+        small = app.state.settings.model_copy(update={"max_upload_bytes": 64 * 1024})
+        monkeypatch.setattr(app.state, "settings", small)
+        project_id = await create_project(client)
+        dataset_id = await register_dataset(client, project_id)
+        before = await head()
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length
+            yield b"x" * 100_000
+
+        content: bytes | AsyncIterator[bytes] = (
+            b"x" * 100_000 if announced else chunks()
+        )
+        answer = await client.post(
+            f"/projects/{project_id}/datasets/{dataset_id}/versions",
+            content=content,
+            headers={**ALICE, "Content-Type": "text/csv"},
+        )
+
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["detail"] == (
+            "the upload is larger than the 64 KiB limit (ANIMUS_MAX_UPLOAD_BYTES)"
+        )
         assert await head() == before
 
     async def test_malformed_json_is_400(self, client: Client, head: Head) -> None:
@@ -147,3 +187,16 @@ class TestNestingScan:
 
         with pytest.raises(BadRequest):
             check_nesting(b"[" * (MAX_JSON_DEPTH + 1))
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (1024 * 1024, "1 MiB"),
+        (50 * 1024**3, "50 GiB"),
+        (64 * 1024, "64 KiB"),
+        (1_000_000, "1000000 bytes"),
+    ],
+)
+def test_a_limit_is_said_in_the_unit_that_divides_it(size: int, text: str) -> None:
+    assert size_text(size) == text

@@ -99,6 +99,26 @@ class TestReadProject:
         assert problem["request_id"] == answer.headers["x-request-id"]
         assert set(problem) >= {"type", "title", "status", "detail", "instance"}
 
+    async def test_not_found_reads_the_same_from_every_route(
+        self, client: Client
+    ) -> None:
+        """One title per problem type, one style of detail, whoever refused:
+        the read side, the write side, or the router."""
+        read = await client.get("/projects/nope-x", headers=ALICE)
+        write = await client.post(
+            "/projects/nope-x/datasets",
+            json={"dataset_id": "d-x", "name": "D"},
+            headers=ALICE,
+        )
+        no_route = await client.get("/projects/nope-x/nothing-here", headers=ALICE)
+
+        problems = [answer.json() for answer in (read, write, no_route)]
+        assert [p["status"] for p in problems] == [404, 404, 404]
+        assert {p["type"] for p in problems} == {"urn:animus:problem:not-found"}
+        assert {p["title"] for p in problems} == {"Not found"}
+        assert read.json()["detail"] == write.json()["detail"]
+        assert read.json()["detail"] == "project nope-x does not exist"
+
     @pytest.mark.parametrize(
         "path",
         [

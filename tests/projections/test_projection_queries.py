@@ -81,7 +81,7 @@ class TestProjects:
     async def test_a_missing_project_raises_not_found(
         self, app_pool: AsyncConnectionPool
     ) -> None:
-        with pytest.raises(NotFoundError, match="project 'nope' does not exist"):
+        with pytest.raises(NotFoundError, match="^project nope does not exist$"):
             await get_project(app_pool, "nope")
 
 
@@ -112,7 +112,7 @@ class TestDatasets:
         project: list[RecordedEvent],
     ) -> None:
         pid = workload.project_id
-        with pytest.raises(NotFoundError, match="dataset 'nope'"):
+        with pytest.raises(NotFoundError, match="^dataset nope does not exist"):
             await get_dataset(app_pool, pid, "nope")
         with pytest.raises(NotFoundError, match="has no version 3"):
             await get_dataset_version(app_pool, pid, "train", 3)
@@ -249,7 +249,7 @@ class TestArtifacts:
         project: list[RecordedEvent],
     ) -> None:
         run_id = f"{workload.project_id}-ok"
-        with pytest.raises(NotFoundError, match="has no artifact 'nope.bin'"):
+        with pytest.raises(NotFoundError, match=r"has no artifact nope\.bin$"):
             await get_artifact(app_pool, workload.project_id, run_id, "nope.bin")
         with pytest.raises(NotFoundError):
             await get_artifact(app_pool, "elsewhere", run_id, "model.pkl")
