@@ -125,10 +125,19 @@ class Supervisor:
         self.env: dict[str, str] = {}
         self.instance_id = uuid.uuid4().hex
         self._lock: IO[str] | None = None
+        self._created: list[Path] = []  # by `acquire`: the lock, a new home
+        self._started = False  # something was started, and wrote to the home
 
     def acquire(self) -> None:
+        """Hold the home's lock: one `animus up` per home.
+
+        What it creates (the lock file, the home if new) is removed again by
+        `stop` when nothing was started, as after a refused start.
+        """
+        lock = self.home / "up.lock"
+        self._created = _missing(lock)  # the home too, if it is new
         self.home.mkdir(parents=True, exist_ok=True)
-        self._lock = (self.home / "up.lock").open("w")
+        self._lock = lock.open("w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -174,6 +183,7 @@ class Supervisor:
             for service, port in self.embedded.ports_taken():
                 raise port_taken(service, port)  # before anything is started
             out.print(f"starting embedded {', '.join(wanted)} under {self.home}")
+            self._started = True
             try:
                 self.embedded.start()  # stops what it started when one fails
             except PortInUse as exc:
@@ -209,6 +219,7 @@ class Supervisor:
                 "ANIMUS_INSTANCE_ID": self.instance_id,
             }
         )
+        self._started = True
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
         for name in PROCESS_ORDER:
             self.children[name] = self._spawn(name)
@@ -292,8 +303,26 @@ class Supervisor:
             self.embedded.stop()
             self.embedded = None
         if self._lock is not None:
+            if not self._started:
+                self._remove_created()  # while still holding the lock
             self._lock.close()
             self._lock = None
+
+    def _remove_created(self) -> None:
+        """Remove what `acquire` made: a refused start leaves no `.animus`."""
+        for path in reversed(self._created):
+            with contextlib.suppress(OSError):  # a folder not empty: kept
+                path.rmdir() if path.is_dir() else path.unlink()
+        self._created = []
+
+
+def _missing(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, outermost first."""
+    missing: list[Path] = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float = 20) -> None:

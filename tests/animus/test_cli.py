@@ -292,17 +292,29 @@ class TestPortsInUse:
             f"ANIMUS_{name}_PORT": str(port)
             for name, port in zip(names, free_ports(4), strict=True)
         }
+        home = tmp_path / "elsewhere" / ".animus"
         with listening_socket() as taken:
             port = taken.getsockname()[1]
             ports[variable] = str(port)
-            done = animus(tmp_path, "up", **ports)
+            done = animus(tmp_path, "up", **ports, ANIMUS_HOME=str(home))
 
         assert done.returncode == 2
         assert one_line(done) == (
             f"animus: {variable}: port {port} is in use "
             "(is another `animus up` running?)"
         )
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["up.lock"]
+        assert list(tmp_path.iterdir()) == []  # not even an empty up.lock
+
+    def test_a_refused_up_leaves_an_existing_home_as_it_was(
+        self, tmp_path: Path
+    ) -> None:
+        (tmp_path / "logs").mkdir()
+        with listening_socket() as taken:
+            port = str(taken.getsockname()[1])
+            done = animus(tmp_path, "up", ANIMUS_GATEWAY_PORT=port)
+
+        assert done.returncode == 2
+        assert [p.name for p in tmp_path.iterdir()] == ["logs"]
 
     def test_the_gateway_names_its_port(self, tmp_path: Path) -> None:
         with listening_socket() as taken:
