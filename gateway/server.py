@@ -63,7 +63,9 @@ def bind_socket(settings: Settings) -> socket.socket:
     host, port = settings.gateway_host, settings.gateway_port
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto named, not 0: asyncio sets TCP_NODELAY only on sockets whose
+        # proto says TCP, and without it every answer waited ~40 ms (Nagle)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as exc:
         raise ConfigurationError(
             f"ANIMUS_GATEWAY_HOST: cannot listen on {host}: {exc.strerror or exc}"
