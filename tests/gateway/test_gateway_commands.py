@@ -18,7 +18,7 @@ from gwtest import (
 )
 from litestar import Litestar
 
-from animus.storage import STAGING_PREFIX
+from animus.storage import BLOB_PREFIX, STAGING_PREFIX
 from contracts.streams import dataset_stream, run_stream
 from gateway.services import GatewayServices
 
@@ -415,6 +415,34 @@ class TestUploads:
         assert await head() == before
         assert await gateway_services.blobs.list_multipart_uploads() == []
 
+
+    async def test_a_multipart_upload_changed_on_the_way_commits_nothing(
+        self, client: Client, head: Head, gateway_services: GatewayServices
+    ) -> None:
+        """C09 v3: the client declared the sha256 of the file it meant to send;
+        part 2 arrived changed. Refused at commit, nothing left behind."""
+        project_id = await create_project(client)
+        dataset_id = await register_dataset(client, project_id)
+        meant = bytes(range(256)) * (11 * 2**20 // 256)
+        sent = meant[: 6 * 2**20] + b"X" + meant[6 * 2**20 + 1 :]  # in part 2
+        before = await head()
+
+        answer = await upload(
+            client,
+            project_id,
+            dataset_id,
+            sent,
+            **{"X-Content-SHA256": hashlib.sha256(meant).hexdigest()},
+        )
+
+        problem = assert_problem(answer, 422)
+        assert "sha256" in problem["detail"] or "digest" in problem["detail"]
+        assert await head() == before
+        blobs = gateway_services.blobs
+        assert await blobs.list_multipart_uploads() == []
+        assert [o.key async for o in blobs.list_objects(STAGING_PREFIX)] == []
+        for digest in (hashlib.sha256(sent), hashlib.sha256(meant)):
+            assert not await blobs.exists(BLOB_PREFIX + digest.hexdigest())
 
 class TestRuns:
     async def test_the_same_spec_over_the_same_versions_hashes_the_same(
