@@ -423,7 +423,8 @@ class TestUploads:
         part 2 arrived changed. Refused at commit, nothing left behind."""
         project_id = await create_project(client)
         dataset_id = await register_dataset(client, project_id)
-        meant = bytes(range(256)) * (11 * 2**20 // 256)
+        unique = new_id("c09").encode()  # no other test stored these bytes
+        meant = unique + bytes(range(256)) * (11 * 2**20 // 256)
         sent = meant[: 6 * 2**20] + b"X" + meant[6 * 2**20 + 1 :]  # in part 2
         before = await head()
 
