@@ -106,21 +106,13 @@ def _run_process(name: str, settings: Settings) -> int:
 
 
 def _verify(settings: Settings) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from animus.db import app_dsn
+    from animus.progress import counting_bar
     from animus.stack import resolve_services
     from animus.verify import verify_chain
 
     dsn = app_dsn(resolve_services(settings))
-    with Progress(
-        TextColumn("verifying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),  # else it leaves an empty line
-    ) as bar:
+    with counting_bar("verifying") as bar:
         task = bar.add_task("verify", total=None)
         result = verify_chain(dsn, progress=lambda done: bar.advance(task, done))
     if result.verified:

@@ -274,20 +274,10 @@ async def replay_command(settings: Any) -> dict[str, Any]:
         StoreError: no database is set and no `animus up` runs here, or the
             database failed.
     """
-    import sys
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from animus.progress import counting_bar
 
     dsn = owner_dsn(settings)
-    with Progress(
-        TextColumn("replaying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),  # else it leaves an empty line
-    ) as bar:
+    with counting_bar("replaying") as bar:
         task = bar.add_task("replay", total=None)
 
         def advance(position: int, target: int) -> None:
