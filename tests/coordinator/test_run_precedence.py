@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import structlog
 from coordtest import Runs, drained, eventually
 from psycopg_pool import AsyncConnectionPool
@@ -70,19 +71,27 @@ def ignored_reasons(logs: list[dict[str, Any]], report: RunReport) -> list[str]:
     ]
 
 
+@pytest.fixture
+def seen(
+    runs: Runs,
+    bus: Bus,
+    coordinator: Coordinator,
+    app_pool: AsyncConnectionPool,
+    store: EventStore,
+    project: str,
+) -> Observer:
+    """An observer of this test's coordinator, in a project already logged."""
+    return Observer(runs, bus, coordinator, app_pool, store)
+
+
 class TestLateStatusMessages:
     async def test_get_run_stays_terminal_through_the_c05_sequence(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
     ) -> None:
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         assert (await seen.send(runs.report(run_id, "started", seq=1)))[
             "status"
         ] == "running"
@@ -110,15 +119,10 @@ class TestLateStatusMessages:
     async def test_a_late_success_after_a_confirmed_cancel_is_a_conflict(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
     ) -> None:
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         await seen.send(runs.report(run_id, "started", seq=1))
         await runs.append(
             run_id,
@@ -145,15 +149,10 @@ class TestLateStatusMessages:
     async def test_reports_of_attempt_one_never_touch_attempt_two(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
     ) -> None:
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         await seen.send(runs.report(run_id, "started", seq=1))
         await runs.append(run_id, runs.dispatch(run_id, attempt=2))
         await seen.send(runs.report(run_id, "started", seq=1, attempt=2))
@@ -179,16 +178,11 @@ class TestReplayAfterLateReports:
     async def test_replay_of_the_log_equals_the_live_runs(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
         fresh_database: str,
     ) -> None:
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         await seen.statuses(
             [
                 runs.report(run_id, "heartbeat", seq=7),
@@ -210,17 +204,12 @@ class TestRefusedMetrics:
     async def test_a_refused_metrics_file_is_shown_on_the_run_and_replayed(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
         fresh_database: str,
     ) -> None:
         """The run still succeeds; GET run and the timeline say what was wrong."""
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         problem = 'metrics.json: refused "loss" is NaN, not a finite number'
         await seen.send(runs.report(run_id, "started", seq=1))
         await seen.send(
@@ -240,15 +229,10 @@ class TestRefusedMetrics:
     async def test_metrics_read_whole_have_no_error(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
     ) -> None:
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         run = await seen.send(runs.report(run_id, "metrics", seq=1, metrics={"a": 1}))
         assert (run["metrics"], run["metrics_error"]) == ({"a": 1.0}, None)
 
@@ -257,18 +241,13 @@ class TestPoisonTerminalReports:
     async def test_a_lone_surrogate_and_a_nul_in_the_message_still_finish_the_run(
         self,
         runs: Runs,
-        bus: Bus,
-        coordinator: Coordinator,
-        app_pool: AsyncConnectionPool,
-        store: EventStore,
-        project: str,
+        seen: Observer,
         fresh_database: str,
     ) -> None:
         """C13: pydantic's JSON parser refuses the surrogate escape; the report
         is still read, its text stored with U+FFFD, and replay decodes it."""
         run_id = runs.new_id()
         await runs.dispatched(run_id)
-        seen = Observer(runs, bus, coordinator, app_pool, store)
         report = runs.report(run_id, "failed", seq=2, exit_code=1)
         raw = report.model_dump_json().replace(
             '"message":""', '"message":"col\\u0000umn \\ud800 tail"'
@@ -277,7 +256,8 @@ class TestPoisonTerminalReports:
 
         await runs.publish_raw(run_id, raw.encode())
         await eventually(
-            lambda: drained(bus, coordinator.durable), what="the poison settled"
+            lambda: drained(seen.bus, seen.coordinator.durable),
+            what="the poison settled",
         )
         run = await seen.get(run_id)
         after = await seen.send(runs.report(run_id, "heartbeat", seq=3))
