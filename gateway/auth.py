@@ -41,6 +41,12 @@ class Permission(StrEnum):
     DATASET_WRITE = "dataset:write"
     RUN_READ = "run:read"
     RUN_WRITE = "run:write"
+    EVIDENCE_READ = "evidence:read"
+    """Signed checkpoints, the log's public key, inclusion and consistency proofs."""
+    AUDIT_READ = "audit:read"
+    """Auditors: evidence bundles, the SIEM export, reads `as_of` a past point."""
+    PERSONAL_DATA_ERASE = "personal-data:erase"
+    """Erase a data subject's personal fields (crypto-shredding)."""
 
 
 @dataclass(frozen=True, kw_only=True)
