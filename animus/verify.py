@@ -49,10 +49,12 @@ _TAIL = (
 )
 
 _RANGE_CHECKS = f"""
-SELECT position, reason FROM (
-  SELECT position, CASE
+SELECT CASE WHEN gap THEN expected ELSE position END, reason FROM (
+  SELECT position, %(first)s - 1 + row_number() OVER w AS expected,
+    position <> %(first)s - 1 + row_number() OVER w AS gap, CASE
     WHEN position <> %(first)s - 1 + row_number() OVER w
-        THEN 'position is not gap-free'
+        THEN 'position is not gap-free: missing, the next stored position is '
+             || position
     WHEN prev_hash IS DISTINCT FROM coalesce(lag(hash) OVER w, %(prev)s)
         THEN 'prev_hash does not match the previous event''s hash'
     WHEN pg_catalog.sha256(prev_hash || textsend(canonical)) <> hash
@@ -67,7 +69,7 @@ SELECT position, reason FROM (
   WHERE position BETWEEN %(first)s AND %(last)s
   WINDOW w AS (ORDER BY position)
 ) AS checked
-WHERE reason IS NOT NULL ORDER BY position LIMIT 1
+WHERE reason IS NOT NULL ORDER BY 1 LIMIT 1
 """
 
 _FULL_CHECK = """
@@ -100,7 +102,8 @@ def _check_range(dsn: str, first: int, last: int) -> ChainBreak | None:
             if row is None:
                 # the range before ends early: its last row is gone
                 return ChainBreak(
-                    position=first - 1, reason="position is not gap-free"
+                    position=first - 1,
+                    reason="position is not gap-free: missing",
                 )
             prev = bytes(row[0])
         params = {"first": first, "last": last, "prev": prev}

@@ -256,7 +256,10 @@ class TestVerify:
         tamper(tampered_db, "DELETE FROM events WHERE position = 9")
         result = verify_chain(tampered_db)
         assert result.first_break is not None
-        assert result.first_break.position in (9, 10)
+        assert result.first_break.position == 9
+        assert result.first_break.reason == (
+            "position is not gap-free: missing, the next stored position is 10"
+        )
 
     @pytest.mark.parametrize("ranges", [7, 10, 1000])
     def test_breaks_at_range_boundaries_are_found(
@@ -272,9 +275,43 @@ class TestVerify:
         )
         result = verify_chain(tampered_db)
         assert result.first_break is not None
-        assert result.first_break.position == (10 if ranges == 10 else 11)
-        assert "gap" in result.first_break.reason
+        assert result.first_break.position == 10
+        assert "gap-free: missing" in result.first_break.reason
         assert result.events == result.first_break.position - 1
+
+    def test_swapping_two_events_is_caught_where_the_order_breaks(
+        self, tampered_db: str
+    ) -> None:
+        """Rows 7 and 8 trade places, each with its own text and hashes."""
+        tamper(
+            tampered_db,
+            "UPDATE events SET position = position + 1000 WHERE position IN (7, 8)",
+            "UPDATE events SET position = 8 WHERE position = 1007",
+            "UPDATE events SET position = 7 WHERE position = 1008",
+        )
+        result = verify_chain(tampered_db)
+        assert result.first_break is not None
+        assert result.first_break.position == 7
+        assert result.first_break.reason == (
+            "prev_hash does not match the previous event's hash"
+        )
+        assert result.events == 6
+
+    def test_swapping_two_events_payloads_is_caught_at_the_first(
+        self, tampered_db: str
+    ) -> None:
+        """The rows keep their positions; their hashed texts trade places."""
+        tamper(
+            tampered_db,
+            "UPDATE events AS e SET canonical = o.canonical FROM events AS o "
+            "WHERE (e.position, o.position) IN ((14, 15), (15, 14))",
+        )
+        result = verify_chain(tampered_db)
+        assert result.first_break is not None
+        assert result.first_break.position == 14
+        assert result.first_break.reason == (
+            "hash does not match sha256(prev_hash || canonical)"
+        )
 
     def test_a_forged_prev_hash_column_is_named(self, tampered_db: str) -> None:
         tamper(tampered_db, "UPDATE events SET prev_hash = hash WHERE position = 21")
