@@ -1,0 +1,1 @@
+"""Evidence outsiders can check: Merkle tree, signed checkpoints, proofs, bundles."""
