@@ -1247,6 +1247,14 @@ def verify_command(settings: object, args: Any) -> int:
     first failing check and returns 1. `settings` is not used: nothing here
     reaches a database or the network.
     """
+    files = (args.checkpoint, args.proof, args.segment, args.consistency)
+    if not args.bundle and not any(files):
+        print(
+            "animus: evidence verify: give a BUNDLE, or --checkpoint, --proof, "
+            "--segment or --consistency files (try: animus evidence verify --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.bundle:
             lines = _verify_bundle_file(args.bundle, args.key)
