@@ -11,7 +11,8 @@
     │   └── TransientStoreError   retryable (503)
     ├── ChainError                the hash chain does not verify
     ├── BusError                  NATS / JetStream failed
-    └── StorageError              the object store failed
+    ├── StorageError              the object store failed
+    └── PersonalDataError         a sealed personal field cannot be opened
 
 Lower-level exceptions (psycopg, nats, botocore) are translated to these at
 exactly one boundary each, chained with `from`.
@@ -78,3 +79,12 @@ class BusError(AnimusError):
 
 class StorageError(AnimusError):
     title = "Object storage error"
+
+
+class PersonalDataError(AnimusError):
+    """A sealed field does not open: tampered, moved, or its key is missing.
+
+    An erased subject is not an error: its fields read as erased.
+    """
+
+    title = "Personal data error"

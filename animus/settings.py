@@ -6,6 +6,7 @@ Services left unset (database, NATS, S3) are started embedded by `animus up`.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import os
 import re
@@ -15,7 +16,15 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -68,6 +77,30 @@ def check_url(field: str, value: str) -> str:
     return value
 
 
+PERSONAL_DATA_KEY_REQUIRED = (
+    "ANIMUS_PERSONAL_DATA_KEY: required when ANIMUS_ENVIRONMENT is production "
+    "(the base64 of 32 random bytes, e.g. from `openssl rand -base64 32`)"
+)
+
+
+def decode_key(text: str) -> bytes | None:
+    """The 32 bytes of a base64 key text, or None if it is not one."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
+class DevUser(BaseModel):
+    """A dev-mode user with a display name and, optionally, an email."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+
+
 class Settings(BaseSettings):
     """Every knob of every process. Unset services mean "embedded"."""
 
@@ -75,9 +108,15 @@ class Settings(BaseSettings):
 
     environment: Literal["dev", "test", "production"] = "dev"
     auth_mode: Literal["dev"] = "dev"
-    dev_tokens: dict[str, str] = Field(
+    dev_tokens: dict[str, str | DevUser] = Field(
         default_factory=lambda: {"dev-token": "dev"},
-        description="dev auth: bearer token -> user name",
+        description='dev auth: bearer token -> user name, or {"name", "email"}',
+    )
+    personal_data_key: SecretStr | None = Field(
+        default=None,
+        description="base64 of 32 random bytes: wraps every data subject's key "
+        "(crypto-shredding); unset outside production, one is made once under "
+        "<home>/keys/",
     )
     home: Path = Field(default=Path(".animus"), description="embedded data root")
     instance_id: str | None = Field(
@@ -152,6 +191,15 @@ class Settings(BaseSettings):
             return None  # set but empty: unset, so `animus up` embeds the service
         return check_url(str(info.field_name), value.strip())
 
+    @field_validator("personal_data_key")
+    @classmethod
+    def _check_personal_data_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if decode_key(value.get_secret_value()) is None:
+            raise PydanticCustomError("key", "must be the base64 of 32 bytes")
+        return value
+
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
         if self.environment == "production" and self.auth_mode == "dev":
@@ -169,6 +217,8 @@ class Settings(BaseSettings):
                 "ANIMUS_ALLOW_UNSANDBOXED: refused when ANIMUS_ENVIRONMENT is "
                 "production"
             )
+        if self.environment == "production" and self.personal_data_key is None:
+            raise ValueError(PERSONAL_DATA_KEY_REQUIRED)
         return self
 
     @property

@@ -9,7 +9,10 @@ on a stream (`StreamVersionConflict`) decides again on fresh state, at most
 error (already exists, run finished), and a race lost every time answers 409.
 
 Each appended event carries the caller's `CommandContext` as metadata:
-actor, request id, client address, trace id and the command's name.
+actor, request id, client address, trace id and the command's name. A
+person's actor is their pseudonymous subject with name and email sealed,
+and their client address is sealed too (`animus.personal`); services are
+named in plain text (`executor:local`).
 
 Runs are planned here, deterministically: the spec is validated, each input
 resolves to a committed dataset version with its sha256 and object key, and
@@ -63,11 +66,16 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, kw_only=True)
 class CommandContext:
-    """Who asks, from where, under which request and trace."""
+    """Who asks, from where, under which request and trace.
 
-    actor: str | None
+    `actor` is a service's name, or a person's sealed actor object
+    (`animus.personal.sealed_actor`); `client_address` is sealed for a
+    person. Neither holds a person's data in plain text.
+    """
+
+    actor: str | Mapping[str, Any] | None
     request_id: str | None = None
-    client_address: str | None = None
+    client_address: str | Mapping[str, Any] | None = None
     trace_id: str | None = None
 
     def metadata(self, command: str) -> dict[str, Any]:

@@ -62,12 +62,22 @@ class Readiness(ApiModel):
     checks: dict[str, Literal["ok"]]
 
 
+ACTOR_DESCRIPTION = (
+    "Who did it: a person's display name (`erased` once their personal data "
+    "was erased), or a service's id"
+)
+SUBJECT_DESCRIPTION = "The person's pseudonymous subject id; None for a service"
+
+
 class Project(ApiModel):
     project_id: Identifier
     name: str
     description: str
     created_at: datetime
-    created_by: str | None = None
+    created_by: str | None = Field(default=None, description=ACTOR_DESCRIPTION)
+    created_by_subject: str | None = Field(
+        default=None, description=SUBJECT_DESCRIPTION
+    )
     position: int = Field(description="Log position of the ProjectCreated event")
 
 
@@ -83,7 +93,10 @@ class Dataset(ApiModel):
     name: str
     description: str
     created_at: datetime
-    created_by: str | None = None
+    created_by: str | None = Field(default=None, description=ACTOR_DESCRIPTION)
+    created_by_subject: str | None = Field(
+        default=None, description=SUBJECT_DESCRIPTION
+    )
     latest_version: int = Field(description="Newest committed version; 0 for none")
 
 
@@ -102,7 +115,10 @@ class DatasetVersion(ApiModel):
     filename: str
     content_type: str
     committed_at: datetime
-    committed_by: str | None = None
+    committed_by: str | None = Field(default=None, description=ACTOR_DESCRIPTION)
+    committed_by_subject: str | None = Field(
+        default=None, description=SUBJECT_DESCRIPTION
+    )
 
 
 class DatasetVersionList(ApiModel):
@@ -131,7 +147,10 @@ class RunSummary(ApiModel):
     spec_hash: str
     plan_hash: str | None = None
     executor: str | None = None
-    submitted_by: str | None = None
+    submitted_by: str | None = Field(default=None, description=ACTOR_DESCRIPTION)
+    submitted_by_subject: str | None = Field(
+        default=None, description=SUBJECT_DESCRIPTION
+    )
     submitted_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = Field(
@@ -273,3 +292,30 @@ class CancelReceipt(Receipt):
     project_id: Identifier
     run_id: str
     status: str | None = None
+
+
+class SubjectProfile(ApiModel):
+    """A data subject's personal fields, opened at read time."""
+
+    subject: str = Field(description="Pseudonymous subject id (`subj_` + 32 hex)")
+    name: str | None = Field(description="Display name, or `erased`")
+    email: str | None = Field(description="Email, or `erased`; None if unknown")
+    erased: bool
+    created_at: datetime
+    erased_at: datetime | None = None
+
+
+class ErasureReceipt(ApiModel):
+    """A subject's key is destroyed; `SubjectErased` records it in the log."""
+
+    subject: str
+    erased_at: datetime
+    already_erased: bool = Field(
+        description="True when the subject was erased before this request"
+    )
+    position: int | None = Field(description="Log position of the SubjectErased event")
+    vacuumed: bool = Field(
+        description="subject_keys was rewritten (VACUUM FULL) so the destroyed "
+        "key lingers in no dead tuple; false when the owner role is not "
+        "configured here"
+    )

@@ -28,3 +28,10 @@ class RegisterDataset(Command):
 
 class CancelRun(Command):
     reason: ShortText = "requested by user"
+
+
+class EraseSubject(Command):
+    """Destroy a data subject's key; the reason is kept in the log for ever,
+    so it must not contain personal data."""
+
+    reason: ShortText = ""

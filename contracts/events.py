@@ -188,6 +188,18 @@ class ReportRejected(DomainEvent):
     claimed_attempt: int | None = Field(default=None, ge=1, le=MAX_INT32)
 
 
+class SubjectErased(DomainEvent):
+    """A data subject's key was destroyed: their sealed fields read as erased.
+
+    Carries the pseudonym and the operator's reason only, never personal
+    data (see contracts/personal-data.md).
+    """
+
+    event_type = "SubjectErased"
+    subject: str = Field(pattern=r"^subj_[0-9a-f]{32}$")
+    reason: ShortText = ""
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     cls.event_type: cls
     for cls in (
@@ -205,12 +217,13 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
         RunFailed,
         RunCanceled,
         ReportRejected,
+        SubjectErased,
     )
 }
 
 TERMINAL_RUN_EVENTS = frozenset({"RunSucceeded", "RunFailed", "RunCanceled"})
 
-StreamType = Literal["project", "dataset", "run", "coordinator"]
+StreamType = Literal["project", "dataset", "run", "coordinator", "subject"]
 
 
 def decode_event(event_type: str, data: dict[str, Any]) -> DomainEvent:

@@ -15,6 +15,14 @@ def run_stream(run_id: str) -> str:
     return f"run-{run_id}"
 
 
+SUBJECT_STREAM_TYPE = "subject"
+
+
+def subject_stream(subject: str) -> str:
+    """The stream of a data subject's erasure (`subject-subj_...`)."""
+    return f"subject-{subject}"
+
+
 COORDINATOR_STREAM_TYPE = "coordinator"
 REJECTED_REPORTS_STREAM = "coordinator-rejected-reports"
 """The stream of report rejections that belong to no open run: the run is

@@ -23,7 +23,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from animus.settings import Settings
 from animus.sweeper import sweeping
-from gateway import datasets, health, projects, runs
+from gateway import bundles, datasets, health, personal, projects, runs
 from gateway.auth import (
     PERMISSION_OPT,
     DevTokenAuthenticator,
@@ -78,7 +78,13 @@ def create_app(
 def _protected_router() -> Router:
     return Router(
         "/",
-        route_handlers=[*projects.ROUTES, *datasets.ROUTES, *runs.ROUTES],
+        route_handlers=[
+            *projects.ROUTES,
+            *datasets.ROUTES,
+            *runs.ROUTES,
+            *personal.ROUTES,
+            *bundles.ROUTES,
+        ],
         security=[{BEARER: []}],
     )
 

@@ -6,19 +6,26 @@ default), lets `PUBLIC` routes through, and otherwise authenticates the
 bearer token. In `dev` auth mode the token is looked up in
 `settings.dev_tokens`; role checks per project come with RBAC, the
 declarations they will read exist already. Tokens are never logged.
+
+A person's principal is then given their pseudonymous subject, and their
+name, email and client address sealed with the subject's key
+(`animus.personal`), once per request: events, read models and logs see
+the pseudonym and the sealed fields, never the plain text.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from animus.errors import ConfigurationError
+from animus.personal import CLIENT_ADDRESS, SubjectKeys, seal, sealed_actor
+from animus.settings import DevUser
 from gateway.errors import PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
@@ -47,26 +54,65 @@ class Permission(StrEnum):
     """Auditors: evidence bundles, the SIEM export, reads `as_of` a past point."""
     PERSONAL_DATA_ERASE = "personal-data:erase"
     """Erase a data subject's personal fields (crypto-shredding)."""
+    PERSONAL_DATA_READ = "personal-data:read"
+    """Read a data subject's personal fields (name, email) in plain text."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Principal:
-    """Who is calling: a person or a service account."""
+    """Who is calling: a person or a service account.
+
+    `identity` is stable for the person (`dev:<name>`; OIDC will give issuer
+    and subject); `subject`, `actor` and `client_address` are set once the
+    guard has sealed them (`seal_principal`).
+    """
 
     name: str
     kind: str = "user"
+    identity: str = ""
+    email: str | None = None
+    subject: str | None = None
+    actor: Mapping[str, Any] | None = None
+    """The sealed actor for event metadata."""
+    client_address: Mapping[str, Any] | None = None
+    """The caller's address, sealed with the subject's key."""
 
     @property
     def key(self) -> str:
         """The principal's identity in key spaces (idempotency keys)."""
-        return f"{self.kind}:{self.name}"
+        return f"{self.kind}:{self.subject or self.identity or self.name}"
+
+
+async def seal_principal(
+    subjects: SubjectKeys, principal: Principal, client_host: str | None
+) -> Principal:
+    """The principal with its subject and its personal fields sealed."""
+    key = await subjects.subject_for(
+        principal.identity or principal.name,
+        name=principal.name,
+        email=principal.email,
+    )
+    address = (
+        seal(key.data_key, key.subject, CLIENT_ADDRESS, client_host)
+        if client_host
+        else None
+    )
+    return replace(
+        principal,
+        subject=key.subject,
+        actor=sealed_actor(key, name=principal.name, email=principal.email),
+        client_address=address,
+    )
 
 
 class DevTokenAuthenticator:
-    """`dev` auth mode: a fixed table of bearer token -> user name."""
+    """`dev` auth mode: a fixed table of bearer token -> user (name, email)."""
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = [(token.encode(), user) for token, user in tokens.items()]
+    def __init__(self, tokens: Mapping[str, str | DevUser]) -> None:
+        self._tokens = [
+            (token.encode(), user if isinstance(user, DevUser) else DevUser(name=user))
+            for token, user in tokens.items()
+        ]
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Resolve an `Authorization` header value to a principal.
@@ -81,12 +127,12 @@ class DevTokenAuthenticator:
             raise Unauthenticated("use the Bearer scheme", invalid_token=True)
         offered = token.strip().encode()
         user = None
-        for known, name in self._tokens:
+        for known, candidate in self._tokens:
             if hmac.compare_digest(known, offered):
-                user = name
+                user = candidate
         if user is None:
             raise Unauthenticated("the bearer token is not valid", invalid_token=True)
-        return Principal(name=user)
+        return Principal(name=user.name, identity=f"dev:{user.name}", email=user.email)
 
 
 def declared_permission(handler: BaseRouteHandler) -> Permission | None:
@@ -124,6 +170,12 @@ class PermissionGuard:
         principal = self._authenticator.authenticate(
             connection.headers.get("authorization")
         )
+        services = connection.app.state.get("services")
+        if services is not None:
+            client = connection.client
+            principal = await seal_principal(
+                services.subjects, principal, client.host if client else None
+            )
         connection.scope["user"] = principal
 
 

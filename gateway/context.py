@@ -55,9 +55,10 @@ def trace_id_of_current_span() -> str | None:
 
 
 def actor_of(scope: Scope) -> str | None:
-    """The authenticated principal's name, once the guard has set it."""
+    """The authenticated principal's pseudonymous subject, once the guard has
+    set it: logs never name a person."""
     user = scope.get("user")
-    return getattr(user, "name", None)
+    return getattr(user, "subject", None)
 
 
 class RequestContextMiddleware(ASGIMiddleware):

@@ -1,8 +1,9 @@
 """What the gateway talks to, opened together and closed together.
 
 `GatewayServices` holds the application role's pool, the event store, the
-command handlers, the blob store and the bus connection (used by readiness
-only). Tests inject their own; `open_services` opens them from settings.
+command handlers, the blob store, the personal data key store and the bus
+connection (used by readiness only). Tests inject their own;
+`open_services` opens them from settings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from animus.bus import Bus, open_bus
 from animus.db import app_dsn, open_pool
 from animus.errors import BusError
 from animus.eventstore import EventStore
+from animus.personal import SubjectKeys, load_master_key
 from animus.settings import Settings
 from animus.storage import BlobStore
 from commands.handlers import CommandHandlers
@@ -37,7 +39,10 @@ class GatewayServices:
     store: EventStore
     handlers: CommandHandlers
     blobs: BlobStore
+    subjects: SubjectKeys
     bus: Bus | None = None
+    owner_dsn: str | None = None
+    """The owner role's DSN where settings name it (VACUUM after erasure)."""
 
     @property
     def idempotency(self) -> IdempotencyStore:
@@ -62,6 +67,7 @@ async def open_services(settings: Settings) -> AsyncIterator[GatewayServices]:
         StoreError, StorageError: a service cannot be reached.
     """
     blobs = blob_store(settings)
+    master_key = load_master_key(settings)
     async with AsyncExitStack() as stack:
         pool = await open_pool(app_dsn(settings), name="gateway")
         stack.push_async_callback(pool.close)
@@ -87,5 +93,7 @@ async def open_services(settings: Settings) -> AsyncIterator[GatewayServices]:
             store=store,
             handlers=CommandHandlers(store),
             blobs=blobs,
+            subjects=SubjectKeys(pool, master_key),
             bus=bus,
+            owner_dsn=settings.database_url,
         )

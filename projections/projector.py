@@ -34,6 +34,7 @@ from pydantic import ValidationError as PydanticValidationError
 from animus.db import translate_db_errors
 from animus.errors import AnimusError
 from animus.eventstore import EVENTS_CHANNEL, EventStore, RecordedEvent
+from animus.personal import actor_subject
 from contracts.events import (
     EVENT_TYPES,
     ArtifactRecorded,
@@ -51,6 +52,7 @@ from contracts.events import (
     RunStarted,
     RunSubmitted,
     RunSucceeded,
+    SubjectErased,
     decode_event,
 )
 from contracts.streams import TERMINAL_STATUSES
@@ -106,14 +108,16 @@ Handler = Callable[[Target, RecordedEvent, Any], Awaitable[None]]
 
 
 def _actor(event: RecordedEvent) -> str | None:
-    """Who caused the event, as recorded in its metadata."""
+    """Who caused the event: a person's pseudonymous subject, a service's name.
+
+    A person's name and email are sealed in the metadata and never copied
+    here; answers open them at read time (`animus.personal`), so an erasure
+    reaches every read model without touching it.
+    """
     actor = event.metadata.get("actor")
     if isinstance(actor, str):
         return actor
-    if isinstance(actor, Mapping):
-        value = actor.get("id") or actor.get("name")
-        return str(value) if value else None
-    return None
+    return actor_subject(actor)
 
 
 def _params(event: RecordedEvent, payload: DomainEvent, **extra: Any) -> dict[str, Any]:
@@ -390,6 +394,13 @@ async def _touch_run(rm: Target, params: Mapping[str, Any]) -> None:
     )
 
 
+async def apply_subject_erased(
+    rm: Target, event: RecordedEvent, payload: SubjectErased
+) -> None:
+    """Nothing to fold: read models hold the pseudonym only, and the
+    subject's fields read as erased once the key is gone."""
+
+
 HANDLERS: dict[str, Handler] = {
     ProjectCreated.event_type: apply_project_created,
     DatasetRegistered.event_type: apply_dataset_registered,
@@ -405,6 +416,7 @@ HANDLERS: dict[str, Handler] = {
     RunFailed.event_type: apply_run_failed,
     RunCanceled.event_type: apply_run_canceled,
     ReportRejected.event_type: apply_report_rejected,
+    SubjectErased.event_type: apply_subject_erased,
 }
 """The one dispatch table: event type -> handler."""
 

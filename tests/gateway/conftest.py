@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from gwtest import TOKENS
+from gwtest import PERSONAL_DATA_KEY, TOKENS
 from litestar import Litestar
 from psycopg import sql
 
@@ -105,6 +105,7 @@ def gateway_settings(backends: Backends, database_url: str, **extra: Any) -> Set
         "s3_secret_key": backends.s3_secret_key,
         "s3_bucket": f"gw-{secrets.token_hex(4)}",
         "dev_tokens": TOKENS,
+        "personal_data_key": PERSONAL_DATA_KEY,
         "max_body_bytes": 1024 * 1024,
         "max_upload_bytes": 64 * 1024 * 1024,
         "upload_part_bytes": 5 * 1024 * 1024,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +12,8 @@ import httpx
 ALICE = {"Authorization": "Bearer alice-token"}
 BOB = {"Authorization": "Bearer bob-token"}
 TOKENS = {"alice-token": "alice", "bob-token": "bob"}
+PERSONAL_DATA_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
+"""The tests' key-encryption key for personal data (never a file in the repo)."""
 Client = httpx.AsyncClient
 
 

@@ -4,6 +4,7 @@ runs plan deterministically and carry who asked in their metadata."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from gwtest import (
 )
 from litestar import Litestar
 
+from animus.personal import ACTOR_NAME, CLIENT_ADDRESS, is_subject
 from animus.storage import BLOB_PREFIX, STAGING_PREFIX
 from contracts.streams import dataset_stream, run_stream
 from gateway.services import GatewayServices
@@ -415,7 +417,6 @@ class TestUploads:
         assert await head() == before
         assert await gateway_services.blobs.list_multipart_uploads() == []
 
-
     async def test_a_multipart_upload_changed_on_the_way_commits_nothing(
         self, client: Client, head: Head, gateway_services: GatewayServices
     ) -> None:
@@ -444,6 +445,7 @@ class TestUploads:
         assert [o.key async for o in blobs.list_objects(STAGING_PREFIX)] == []
         for digest in (hashlib.sha256(sent), hashlib.sha256(meant)):
             assert not await blobs.exists(BLOB_PREFIX + digest.hexdigest())
+
 
 class TestRuns:
     async def test_the_same_spec_over_the_same_versions_hashes_the_same(
@@ -500,11 +502,18 @@ class TestRuns:
             "RunDispatched",
         ]
         assert answer.json()["position"] == events[-1].position
+        subjects = gateway_services.subjects
         for event in events:
-            assert event.metadata["actor"] == "alice"
+            actor = event.metadata["actor"]
+            assert is_subject(actor["subject"])
+            assert await subjects.open(actor["name"], ACTOR_NAME) == "alice"
             assert event.metadata["request_id"] == request_id
-            assert event.metadata["client_address"] == "192.0.2.10"
+            address = event.metadata["client_address"]
+            assert address["subject"] == actor["subject"]
+            assert await subjects.open(address, CLIENT_ADDRESS) == "192.0.2.10"
             assert event.metadata["command"] == "SubmitRun"
+            plain = json.dumps(event.metadata)
+            assert "alice" not in plain and "192.0.2.10" not in plain
 
     async def test_cancel_is_recorded_once(
         self, client: Client, head: Head, gateway_services: GatewayServices
