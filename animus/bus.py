@@ -41,6 +41,7 @@ from contracts.bus import (
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
     EVENTS_STREAM,
+    EVIDENCE_STREAM,
     LAUNCH_STREAM,
     REPORT_STREAM,
 )
@@ -76,6 +77,14 @@ STREAMS: tuple[StreamConfig, ...] = (
     StreamConfig(
         name=REPORT_STREAM,
         subjects=["animus.report.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        duplicate_window=DEDUPE_WINDOW_SECONDS,
+    ),
+    StreamConfig(
+        # signed checkpoints: kept without a time limit, copies outside the db
+        name=EVIDENCE_STREAM,
+        subjects=["animus.evidence.>"],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         duplicate_window=DEDUPE_WINDOW_SECONDS,

@@ -37,6 +37,18 @@ PROCESSES: dict[str, str] = {
     "projector": "projections.main:run",
     "coordinator": "commands.main:run",
     "executor": "executors.main:run",
+    "checkpointer": "animus.evidence.checkpointer:run",
+}
+
+# `animus evidence SUBCOMMAND`: each runs "module:function(settings, args) -> int";
+# its options are declared in `_evidence_parser`, one block per subcommand.
+EVIDENCE_COMMANDS: dict[str, str] = {
+    "checkpoint": "animus.evidence.cli:checkpoint_command",
+    "key": "animus.evidence.cli:key_command",
+    "prove": "animus.evidence.cli:prove_command",
+    "consistency": "animus.evidence.cli:consistency_command",
+    "export": "animus.evidence.export:export_command",
+    "verify": "animus.evidence.offline:verify_command",
 }
 
 err = Console(stderr=True, highlight=False)
@@ -77,9 +89,42 @@ def _parser() -> _Parser:
     sub.add_parser("up", help="run the whole platform on this machine")
     demo = sub.add_parser("demo", help="run the main job end to end")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
-    sub.add_parser("verify", help="verify the hash chain from genesis")
-    replay = sub.add_parser("replay", help="rebuild read models and compare")
+    verify = sub.add_parser(
+        "verify", help="verify the hash chain from genesis and the signed checkpoints"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        metavar="FILE",
+        help="also check copies of checkpoints kept outside the database "
+        "(JSON lines as the API or the bus give them, or signed notes)",
+    )
+    verify.add_argument(
+        "--key", metavar="VKEY", help="the log's public key (animus evidence key)"
+    )
+    replay = sub.add_parser(
+        "replay",
+        help="rebuild read models and compare with live; or as of a past point "
+        "(--until, --into), or what changed between two points (--diff)",
+    )
     replay.add_argument("--json", action="store_true", help="print one JSON object")
+    replay.add_argument(
+        "--until",
+        metavar="POINT",
+        help="rebuild as of this position or RFC 3339 instant (needs --into)",
+    )
+    replay.add_argument("--into", metavar="SCHEMA", help="the schema to create")
+    replay.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the --into schema if an earlier replay made it",
+    )
+    replay.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A", "B"),
+        help="what changed in the read models between two points "
+        "(positions or instants; B may be head or now)",
+    )
     check = sub.add_parser(
         "check-storage", help="check stored objects against the events"
     )
@@ -90,9 +135,81 @@ def _parser() -> _Parser:
     )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("migrate", help="apply database migrations")
+    _evidence_parser(sub)
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process alone")
     return parser
+
+
+def _evidence_parser(sub: Any) -> None:
+    """`animus evidence`: signed checkpoints, proofs, bundles."""
+    evidence = sub.add_parser(
+        "evidence", help="signed checkpoints, proofs and evidence bundles"
+    )
+    tools = evidence.add_subparsers(
+        dest="evidence_command", required=True, metavar="SUBCOMMAND"
+    )
+
+    checkpoint = tools.add_parser("checkpoint", help="show the latest checkpoint")
+    checkpoint.add_argument("--json", action="store_true", help="print its JSON")
+
+    tools.add_parser("key", help="print the log's public key (vkey)")
+
+    prove = tools.add_parser("prove", help="inclusion proof of one event")
+    prove.add_argument("--position", type=int, required=True, metavar="P")
+    prove.add_argument(
+        "--tree-size",
+        type=int,
+        metavar="N",
+        help="a checkpoint's tree size (default: the latest checkpoint)",
+    )
+    prove.add_argument("--output", metavar="FILE", help="write the proof JSON here")
+
+    consistency = tools.add_parser(
+        "consistency", help="consistency proof between two tree sizes"
+    )
+    consistency.add_argument("--first", type=int, required=True, metavar="M")
+    consistency.add_argument("--second", type=int, required=True, metavar="N")
+    consistency.add_argument(
+        "--output", metavar="FILE", help="write the proof JSON here"
+    )
+
+    export = tools.add_parser("export", help="write a run's evidence bundle")
+    export.add_argument("--run", required=True, metavar="ID", help="the run's id")
+    export.add_argument("--output", required=True, metavar="FILE")
+    export.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for a signed checkpoint that covers the run",
+    )
+    export.add_argument(
+        "--no-artifact-content",
+        action="store_true",
+        help="leave the artifacts' bytes out (their sha256 stays proven)",
+    )
+
+    verify = tools.add_parser(
+        "verify",
+        help="check a bundle, or checkpoints, proofs and segments, offline",
+    )
+    verify.add_argument("bundle", nargs="?", metavar="BUNDLE")
+    verify.add_argument(
+        "--key", metavar="VKEY", help="the log's public key (text or file)"
+    )
+    for option, what in (
+        ("--checkpoint", "a signed checkpoint note"),
+        ("--proof", "an inclusion proof JSON"),
+        ("--segment", "NDJSON chain records"),
+        ("--consistency", "a consistency proof JSON"),
+    ):
+        verify.add_argument(option, action="append", metavar="FILE", help=what)
+    verify.add_argument(
+        "--sparse",
+        action="store_true",
+        help="segments may skip positions (filtered records)",
+    )
 
 
 def _run_process(name: str, settings: Settings) -> int:
@@ -105,28 +222,39 @@ def _run_process(name: str, settings: Settings) -> int:
     return 0
 
 
-def _verify(settings: Settings) -> int:
+def _verify(
+    settings: Settings, *, checkpoints: str | None = None, key: str | None = None
+) -> int:
     from animus.db import app_dsn
     from animus.progress import counting_bar
     from animus.stack import resolve_services
     from animus.verify import verify_chain
 
-    dsn = app_dsn(resolve_services(settings))
+    settings = resolve_services(settings)
+    dsn = app_dsn(settings)
     with counting_bar("verifying") as bar:
         task = bar.add_task("verify", total=None)
         result = verify_chain(dsn, progress=lambda done: bar.advance(task, done))
-    if result.verified:
-        print(f"chain verified: {result.events} events, head {result.head_hash.hex()}")
-        return 0
-    brk = result.first_break
-    assert brk is not None
-    print(f"chain broken at position {brk.position}: {brk.reason}")
-    return 1
+    if not result.verified:
+        brk = result.first_break
+        assert brk is not None
+        print(f"chain broken at position {brk.position}: {brk.reason}")
+        return 1
+    print(f"chain verified: {result.events} events, head {result.head_hash.hex()}")
+    check: Callable[..., int] = _load("animus.evidence.audit:verify_command")
+    return check(settings, dsn, checkpoints=checkpoints, key=key)
 
 
-def _replay(settings: Settings, *, as_json: bool) -> int:
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    """`animus replay`: compare with live, or `--until --into`, or `--diff`."""
     from animus.stack import resolve_services
 
+    as_json = args.json
+    if args.until is not None or args.into is not None or args.diff is not None:
+        point_in_time = _load("projections.pointintime:replay_command")
+        return int(point_in_time(resolve_services(settings), args))
+    if args.replace:
+        raise ConfigurationError("replay: --replace goes with --until and --into")
     settings = resolve_services(settings)
     replay = _load("projections.replay:replay_command")
     report: dict[str, Any] = asyncio.run(replay(settings))
@@ -185,9 +313,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "demo":
         return int(_load("animus.demo:run_demo")(settings, as_json=args.json))
     if args.command == "verify":
-        return _verify(settings)
+        return _verify(settings, checkpoints=args.checkpoints, key=args.key)
+    if args.command == "evidence":
+        command = EVIDENCE_COMMANDS[args.evidence_command]
+        return int(_load(command)(settings, args))
     if args.command == "replay":
-        return _replay(settings, as_json=args.json)
+        return _replay(settings, args)
     if args.command == "check-storage":
         return _check_storage(settings, content=args.content, as_json=args.json)
     if args.command == "migrate":

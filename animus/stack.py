@@ -1,7 +1,7 @@
 """`animus up`: the whole platform on one machine, and how other commands find it.
 
 Services left unset in settings start embedded from their wheels under
-`ANIMUS_HOME` (default `./.animus`); the five platform processes then run as
+`ANIMUS_HOME` (default `./.animus`); the platform processes then run as
 children of this supervisor, which restarts a crashed one and stops them all
 on Ctrl-C. While it runs, `stack.json` tells other commands where things are,
 including the id of this `animus up`, which its gateway reports in the
@@ -38,7 +38,14 @@ from animus.settings import INSTANCE_HEADER, Settings
 log = structlog.get_logger(__name__)
 out = Console(stderr=True, highlight=False)
 
-PROCESS_ORDER = ("projector", "relay", "coordinator", "executor", "gateway")
+PROCESS_ORDER = (
+    "projector",
+    "relay",
+    "checkpointer",
+    "coordinator",
+    "executor",
+    "gateway",
+)
 RESTART_LIMIT = 5
 PORT_SETTINGS = {
     "postgres": "ANIMUS_EMBEDDED_POSTGRES_PORT",
@@ -115,7 +122,7 @@ class _Child:
 
 
 class Supervisor:
-    """Starts the embedded services and the five processes; stops them in order."""
+    """Starts the embedded services and the processes; stops them in order."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -201,10 +208,13 @@ class Supervisor:
 
     def prepare(self) -> None:
         """Migrate, and create the bucket and streams every process expects."""
+        from animus.evidence.keys import signing_key
         from animus.migrate import migrate
 
         assert self.settings.database_url
         migrate(self.settings.database_url)
+        # one signing key for every process of this home (dev: generated once)
+        signing_key(self.settings, create=True)
         asyncio.run(_prepare_bus_and_bucket(self.settings))
 
     def spawn_all(self) -> None:

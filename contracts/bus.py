@@ -15,6 +15,10 @@ Subjects:
   `Animus-Original-Sequence`, `Animus-Reject-Reason` and
   `Animus-Payload-Sha256`. The rejection itself is an event (`ReportRejected`)
   holding the payload's sha256 and size, never its bytes.
+- `animus.evidence.checkpoint`: every signed checkpoint (`SignedCheckpoint`),
+  in tree-size order, in stream `ANIMUS_EVIDENCE`, kept without a time limit
+  so copies of the tree heads live outside the database
+  (`Nats-Msg-Id` = `checkpoint:<origin>:<tree_size>`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ LAUNCH_STREAM = "ANIMUS_LAUNCH"
 CONTROL_STREAM = "ANIMUS_CONTROL"
 REPORT_STREAM = "ANIMUS_REPORTS"
 DEAD_LETTER_STREAM = "ANIMUS_DEADLETTER"
+EVIDENCE_STREAM = "ANIMUS_EVIDENCE"
+CHECKPOINT_SUBJECT = "animus.evidence.checkpoint"
 
 DEAD_LETTER_PREFIX = "animus.deadletter."
 DEAD_LETTER_HEADERS = (
@@ -125,3 +131,22 @@ class RunReport(BaseModel):
         description="Free text: a failure's log tail; on a metrics report, why "
         "metrics.json was refused in whole or in part",
     )
+
+
+class SignedCheckpoint(BaseModel):
+    """A signed tree head, as the bus carries it and the API serves it.
+
+    `note` is the C2SP signed note (tlog-checkpoint); the other fields repeat
+    what it says, for readers that do not parse notes. Only the note is
+    signed: a verifier checks it and trusts nothing else here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tree_size: int = Field(ge=1, description="the tree covers positions 1..tree_size")
+    root_hash: str = Field(description="RFC 9162 tree head, 64 hex")
+    chain_head: str = Field(description="hash of event tree_size, 64 hex")
+    key_id: str = Field(description="8-hex key hash of the signing key")
+    origin: str = Field(description="the log's name; the signing key's name")
+    signed_at: str = Field(description="RFC 3339 UTC time of signing")
+    note: str = Field(description="the signed note text")

@@ -40,6 +40,7 @@ __all__ = [
     "consistency_proof",
     "inclusion_proof",
     "root",
+    "roots",
 ]
 
 STORED_FROM_LEVEL = 1  # nodes below this level are hashed again from events
@@ -191,6 +192,15 @@ async def root(conn: AsyncConnection[Any], tree_size: int) -> bytes:
         return merkle.EMPTY_ROOT
     _check_size(tree_size, "tree_size")
     return (await _hashes(conn, [(0, tree_size)]))[0]
+
+
+async def roots(conn: AsyncConnection[Any], sizes: Iterable[int]) -> dict[int, bytes]:
+    """The tree heads of many sizes (each at least 1), in two queries."""
+    wanted = sorted(set(sizes))
+    for size in wanted:
+        _check_size(size, "tree_size")
+    heads = await _hashes(conn, [(0, size) for size in wanted])
+    return dict(zip(wanted, heads, strict=True))
 
 
 async def inclusion_proof(

@@ -3,14 +3,23 @@ hashes of what is stored, computed the reference way (animus/merkle.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from animus import merkle
 from animus.eventstore import EventStore, NewEvent
+from animus.migrate import migrate
 from contracts.events import ProjectCreated
+from tests.conftest import with_database
+
+if TYPE_CHECKING:
+    from tests.conftest import Services
 
 
 def project_events(count: int) -> list[NewEvent]:
@@ -39,3 +48,26 @@ async def stored_leaves(conn: AsyncConnection[Any]) -> list[bytes]:
     """Every event's leaf hash, in position order, from its canonical text."""
     cur = await conn.execute("SELECT textsend(canonical) FROM events ORDER BY position")
     return [merkle.leaf_hash(bytes(row[0])) for row in await cur.fetchall()]
+
+
+@asynccontextmanager
+async def new_database(services: Services) -> AsyncIterator[str]:
+    """A new database migrated to head for one test; its owner DSN."""
+    name = f"animus_t_{secrets.token_hex(4)}"
+    async with await AsyncConnection.connect(
+        services.database_url, autocommit=True
+    ) as admin:
+        await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = with_database(services.database_url, name)
+    await asyncio.to_thread(migrate, dsn)
+    try:
+        yield dsn
+    finally:
+        async with await AsyncConnection.connect(
+            services.database_url, autocommit=True
+        ) as admin:
+            await admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)
+                )
+            )
