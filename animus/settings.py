@@ -181,6 +181,25 @@ class Settings(BaseSettings):
         ge=0,
         description="How often the gateway sweeps object storage; 0 never",
     )
+    checkpoint_signing_key: SecretStr | None = Field(
+        default=None,
+        description="The Ed25519 key that signs checkpoints: base64 of its 32-byte "
+        "seed, or the path of a PEM (PKCS#8) file holding it. Unset in dev: one "
+        "is generated once into <home>/keys/; refused unset in production",
+    )
+    checkpoint_origin: str = Field(
+        default="animus-datalab.local/events",
+        description="The log's name in signed checkpoints and its public key",
+        pattern=r"^[^\s+]+$",
+    )
+    checkpoint_every_events: int = Field(
+        default=1000, ge=1, description="Sign a checkpoint every this many events"
+    )
+    checkpoint_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="... and at least this often while new events arrive",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -198,6 +217,19 @@ class Settings(BaseSettings):
             return None
         if decode_key(value.get_secret_value()) is None:
             raise PydanticCustomError("key", "must be the base64 of 32 bytes")
+        return value
+
+    @field_validator("checkpoint_signing_key")
+    @classmethod
+    def _check_signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        from animus.evidence.keys import parse_signing_key
+
+        try:
+            parse_signing_key(value.get_secret_value())
+        except ValueError as exc:  # its message never quotes the key
+            raise PydanticCustomError("signing_key", str(exc)) from None
         return value
 
     @model_validator(mode="after")
