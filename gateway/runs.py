@@ -21,18 +21,10 @@ from contracts.api import (
 )
 from contracts.commands import CancelRun
 from contracts.runs import RunSpec
-from gateway.asof import (
-    AS_OF_RESPONSE_HEADERS,
-    AsOf,
-    ReadView,
-    as_of_point,
-    read_view,
-)
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.downloads import stream_object
 from gateway.personal import open_timeline_actors, show_actor, show_actors
 from gateway.routing import (
-    AppSettings,
     IdempotencyKey,
     Limit,
     Offset,
@@ -82,55 +74,32 @@ async def submit_run(
     "/projects/{project_id:str}/runs",
     opt={PERMISSION_OPT: Permission.RUN_READ},
     responses=problems(400, 404, 422),
-    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def list_runs(
-    request: Request[Any, Any, Any],
     services: Services,
-    settings: AppSettings,
     project_id: ProjectId,
     status: StatusFilter = None,
     limit: Limit = 50,
     offset: Offset = 0,
-    as_of: AsOf = None,
-) -> Response[RunList]:
+) -> RunList:
     """Runs of a project, newest first."""
-    view = await read_view(request, services, settings, as_of)
-    await queries.get_project(services.pool, project_id, schema=view.schema)
+    await queries.get_project(services.pool, project_id)
     rows = await queries.list_runs(
-        services.pool,
-        project_id,
-        status=status,
-        limit=limit,
-        offset=offset,
-        schema=view.schema,
+        services.pool, project_id, status=status, limit=limit, offset=offset
     )
     rows = await show_actors(services.subjects, rows, "submitted_by")
-    return view.answer(
-        RunList.model_validate({"items": rows, "limit": limit, "offset": offset})
-    )
+    return RunList.model_validate({"items": rows, "limit": limit, "offset": offset})
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(400, 404, 422),
-    response_headers=AS_OF_RESPONSE_HEADERS,
+    responses=problems(404),
 )
-async def get_run(
-    request: Request[Any, Any, Any],
-    services: Services,
-    settings: AppSettings,
-    project_id: ProjectId,
-    run_id: RunId,
-    as_of: AsOf = None,
-) -> Response[Run]:
+async def get_run(services: Services, project_id: ProjectId, run_id: RunId) -> Run:
     """One run with its spec, plan, metrics and artifacts."""
-    view = await read_view(request, services, settings, as_of)
-    row = await queries.get_run(services.pool, project_id, run_id, schema=view.schema)
-    return view.answer(
-        Run.model_validate(await show_actor(services.subjects, row, "submitted_by"))
-    )
+    row = await queries.get_run(services.pool, project_id, run_id)
+    return Run.model_validate(await show_actor(services.subjects, row, "submitted_by"))
 
 
 @post(
@@ -165,101 +134,66 @@ async def cancel_run(
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/timeline",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(400, 404, 422),
-    response_headers=AS_OF_RESPONSE_HEADERS,
+    responses=problems(404),
 )
 async def run_timeline(
-    request: Request[Any, Any, Any],
-    services: Services,
-    project_id: ProjectId,
-    run_id: RunId,
-    as_of: AsOf = None,
-) -> Response[RunTimeline]:
+    services: Services, project_id: ProjectId, run_id: RunId
+) -> RunTimeline:
     """Every event of the run, in order, straight from the log."""
-    point = await as_of_point(request, services, as_of)
-    view = ReadView(position=point.position if point else None)
-    events = await queries.run_timeline(
-        services.pool, project_id, run_id, as_of=view.position
-    )
+    events = await queries.run_timeline(services.pool, project_id, run_id)
     events = await open_timeline_actors(services.subjects, events)
-    return view.answer(
-        RunTimeline.model_validate(
-            {"project_id": project_id, "run_id": run_id, "events": events}
-        )
+    return RunTimeline.model_validate(
+        {"project_id": project_id, "run_id": run_id, "events": events}
     )
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/lineage",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(400, 404, 422),
-    response_headers=AS_OF_RESPONSE_HEADERS,
+    responses=problems(404),
 )
 async def run_lineage(
-    request: Request[Any, Any, Any],
-    services: Services,
-    settings: AppSettings,
-    project_id: ProjectId,
-    run_id: RunId,
-    as_of: AsOf = None,
-) -> Response[RunLineage]:
+    services: Services, project_id: ProjectId, run_id: RunId
+) -> RunLineage:
     """What the run consumed and produced, with digests."""
-    view = await read_view(request, services, settings, as_of)
-    lineage = await queries.run_lineage(
-        services.pool, project_id, run_id, schema=view.schema
-    )
-    return view.answer(RunLineage.model_validate(lineage))
+    lineage = await queries.run_lineage(services.pool, project_id, run_id)
+    return RunLineage.model_validate(lineage)
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/artifacts",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(400, 404, 422),
-    response_headers=AS_OF_RESPONSE_HEADERS,
+    responses=problems(404),
 )
 async def list_artifacts(
-    request: Request[Any, Any, Any],
-    services: Services,
-    settings: AppSettings,
-    project_id: ProjectId,
-    run_id: RunId,
-    as_of: AsOf = None,
-) -> Response[ArtifactList]:
+    services: Services, project_id: ProjectId, run_id: RunId
+) -> ArtifactList:
     """The run's artifacts with their digests and sizes."""
-    view = await read_view(request, services, settings, as_of)
-    run = await queries.get_run(services.pool, project_id, run_id, schema=view.schema)
-    return view.answer(ArtifactList.model_validate({"items": run.get("artifacts", [])}))
+    run = await queries.get_run(services.pool, project_id, run_id)
+    return ArtifactList.model_validate({"items": run.get("artifacts", [])})
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/artifacts/{name:path}",
     opt={PERMISSION_OPT: Permission.RUN_READ},
     media_type="application/octet-stream",
-    responses=problems(400, 404, 422),
-    response_headers=AS_OF_RESPONSE_HEADERS,
+    responses=problems(404, 422),
 )
 async def download_artifact(
-    request: Request[Any, Any, Any],
     services: Services,
-    settings: AppSettings,
     project_id: ProjectId,
     run_id: RunId,
     name: FromPath[PurePosixPath],
-    as_of: AsOf = None,
 ) -> Stream:
     """The bytes of one artifact (the name may contain `/`), streamed."""
-    view = await read_view(request, services, settings, as_of)
     artifact_name = artifact_name_of(name)
-    row = await queries.get_artifact(
-        services.pool, project_id, run_id, artifact_name, schema=view.schema
-    )
+    row = await queries.get_artifact(services.pool, project_id, run_id, artifact_name)
     return await stream_object(
         services.blobs,
         key=row["object_key"],
         sha256=row["sha256"],
         size=row["size"],
         media_type="application/octet-stream",
-        headers=view.headers,
     )
 
 
