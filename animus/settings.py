@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         ge=0,
         description="How often the gateway sweeps object storage; 0 never",
     )
+    as_of_snapshots: int = Field(
+        default=8,
+        ge=1,
+        le=1000,
+        description="Snapshots of the read models kept for reads as_of a past "
+        "position; the least recently used beyond this are dropped",
+    )
     checkpoint_signing_key: SecretStr | None = Field(
         default=None,
         description="The Ed25519 key that signs checkpoints: base64 of its 32-byte "

@@ -47,6 +47,7 @@ from contracts.api import (
     DatasetVersionReceipt,
 )
 from contracts.commands import RegisterDataset
+from gateway.asof import AS_OF_RESPONSE_HEADERS, AsOf, read_view
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.downloads import stream_object
 from gateway.idempotency import (
@@ -131,28 +132,45 @@ async def register_dataset(
 @get(
     "/projects/{project_id:str}/datasets",
     opt={PERMISSION_OPT: Permission.DATASET_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
-async def list_datasets(services: Services, project_id: ProjectId) -> DatasetList:
+async def list_datasets(
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    as_of: AsOf = None,
+) -> Response[DatasetList]:
     """The datasets of a project, by id."""
-    await queries.get_project(services.pool, project_id)
-    rows = await queries.list_datasets(services.pool, project_id)
+    view = await read_view(request, services, settings, as_of)
+    await queries.get_project(services.pool, project_id, schema=view.schema)
+    rows = await queries.list_datasets(services.pool, project_id, schema=view.schema)
     rows = await show_actors(services.subjects, rows, "created_by")
-    return DatasetList.model_validate({"items": rows})
+    return view.answer(DatasetList.model_validate({"items": rows}))
 
 
 @get(
     "/projects/{project_id:str}/datasets/{dataset_id:str}",
     opt={PERMISSION_OPT: Permission.DATASET_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def get_dataset(
-    services: Services, project_id: ProjectId, dataset_id: DatasetId
-) -> Dataset:
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    dataset_id: DatasetId,
+    as_of: AsOf = None,
+) -> Response[Dataset]:
     """One dataset with its newest committed version number."""
-    row = await queries.get_dataset(services.pool, project_id, dataset_id)
-    return Dataset.model_validate(
-        await show_actor(services.subjects, row, "created_by")
+    view = await read_view(request, services, settings, as_of)
+    row = await queries.get_dataset(
+        services.pool, project_id, dataset_id, schema=view.schema
+    )
+    return view.answer(
+        Dataset.model_validate(await show_actor(services.subjects, row, "created_by"))
     )
 
 
@@ -345,35 +363,51 @@ async def _replay_before_upload(
 @get(
     "/projects/{project_id:str}/datasets/{dataset_id:str}/versions",
     opt={PERMISSION_OPT: Permission.DATASET_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def list_dataset_versions(
-    services: Services, project_id: ProjectId, dataset_id: DatasetId
-) -> DatasetVersionList:
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    dataset_id: DatasetId,
+    as_of: AsOf = None,
+) -> Response[DatasetVersionList]:
     """The committed versions of a dataset, oldest first."""
-    await queries.get_dataset(services.pool, project_id, dataset_id)
-    rows = await queries.list_dataset_versions(services.pool, project_id, dataset_id)
+    view = await read_view(request, services, settings, as_of)
+    await queries.get_dataset(services.pool, project_id, dataset_id, schema=view.schema)
+    rows = await queries.list_dataset_versions(
+        services.pool, project_id, dataset_id, schema=view.schema
+    )
     rows = await show_actors(services.subjects, rows, "committed_by")
-    return DatasetVersionList.model_validate({"items": rows})
+    return view.answer(DatasetVersionList.model_validate({"items": rows}))
 
 
 @get(
     "/projects/{project_id:str}/datasets/{dataset_id:str}/versions/{version:int}",
     opt={PERMISSION_OPT: Permission.DATASET_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def get_dataset_version(
+    request: Request[Any, Any, Any],
     services: Services,
+    settings: AppSettings,
     project_id: ProjectId,
     dataset_id: DatasetId,
     version: FromPath[int],
-) -> DatasetVersion:
+    as_of: AsOf = None,
+) -> Response[DatasetVersion]:
     """One committed version with its sha256."""
+    view = await read_view(request, services, settings, as_of)
     row = await queries.get_dataset_version(
-        services.pool, project_id, dataset_id, version
+        services.pool, project_id, dataset_id, version, schema=view.schema
     )
-    return DatasetVersion.model_validate(
-        await show_actor(services.subjects, row, "committed_by")
+    return view.answer(
+        DatasetVersion.model_validate(
+            await show_actor(services.subjects, row, "committed_by")
+        )
     )
 
 
@@ -382,19 +416,24 @@ async def get_dataset_version(
     "/content",
     opt={PERMISSION_OPT: Permission.DATASET_READ},
     media_type="application/octet-stream",
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def download_dataset_version(
+    request: Request[Any, Any, Any],
     services: Services,
+    settings: AppSettings,
     project_id: ProjectId,
     dataset_id: DatasetId,
     version: FromPath[int],
+    as_of: AsOf = None,
 ) -> Stream:
     """The bytes of a committed version, streamed; X-Content-SHA256 to verify."""
+    view = await read_view(request, services, settings, as_of)
     row = await queries.get_dataset_version(
-        services.pool, project_id, dataset_id, version
+        services.pool, project_id, dataset_id, version, schema=view.schema
     )
-    headers = {}
+    headers = dict(view.headers)
     if row.get("filename"):
         headers["Content-Disposition"] = (
             f"attachment; filename*=UTF-8''{quote(row['filename'], safe='')}"

@@ -10,9 +10,11 @@ from litestar.response import Response
 
 from contracts.api import Project, ProjectList, ProjectReceipt
 from contracts.commands import CreateProject
+from gateway.asof import AS_OF_RESPONSE_HEADERS, AsOf, read_view
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.personal import show_actor, show_actors
 from gateway.routing import (
+    AppSettings,
     IdempotencyKey,
     Limit,
     Offset,
@@ -58,27 +60,46 @@ async def create_project(
 @get(
     "/projects",
     opt={PERMISSION_OPT: Permission.PROJECT_READ},
-    responses=problems(400),
+    responses=problems(400, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def list_projects(
-    services: Services, limit: Limit = 50, offset: Offset = 0
-) -> ProjectList:
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    as_of: AsOf = None,
+) -> Response[ProjectList]:
     """Projects in the order they were created."""
-    rows = await queries.list_projects(services.pool, limit=limit, offset=offset)
+    view = await read_view(request, services, settings, as_of)
+    rows = await queries.list_projects(
+        services.pool, limit=limit, offset=offset, schema=view.schema
+    )
     rows = await show_actors(services.subjects, rows, "created_by")
-    return ProjectList.model_validate({"items": rows, "limit": limit, "offset": offset})
+    return view.answer(
+        ProjectList.model_validate({"items": rows, "limit": limit, "offset": offset})
+    )
 
 
 @get(
     "/projects/{project_id:str}",
     opt={PERMISSION_OPT: Permission.PROJECT_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
-async def get_project(services: Services, project_id: ProjectId) -> Project:
+async def get_project(
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    as_of: AsOf = None,
+) -> Response[Project]:
     """One project."""
-    row = await queries.get_project(services.pool, project_id)
-    return Project.model_validate(
-        await show_actor(services.subjects, row, "created_by")
+    view = await read_view(request, services, settings, as_of)
+    row = await queries.get_project(services.pool, project_id, schema=view.schema)
+    return view.answer(
+        Project.model_validate(await show_actor(services.subjects, row, "created_by"))
     )
 
 

@@ -21,10 +21,18 @@ from contracts.api import (
 )
 from contracts.commands import CancelRun
 from contracts.runs import RunSpec
+from gateway.asof import (
+    AS_OF_RESPONSE_HEADERS,
+    AsOf,
+    ReadView,
+    as_of_point,
+    read_view,
+)
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.downloads import stream_object
 from gateway.personal import open_timeline_actors, show_actor, show_actors
 from gateway.routing import (
+    AppSettings,
     IdempotencyKey,
     Limit,
     Offset,
@@ -74,32 +82,55 @@ async def submit_run(
     "/projects/{project_id:str}/runs",
     opt={PERMISSION_OPT: Permission.RUN_READ},
     responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def list_runs(
+    request: Request[Any, Any, Any],
     services: Services,
+    settings: AppSettings,
     project_id: ProjectId,
     status: StatusFilter = None,
     limit: Limit = 50,
     offset: Offset = 0,
-) -> RunList:
+    as_of: AsOf = None,
+) -> Response[RunList]:
     """Runs of a project, newest first."""
-    await queries.get_project(services.pool, project_id)
+    view = await read_view(request, services, settings, as_of)
+    await queries.get_project(services.pool, project_id, schema=view.schema)
     rows = await queries.list_runs(
-        services.pool, project_id, status=status, limit=limit, offset=offset
+        services.pool,
+        project_id,
+        status=status,
+        limit=limit,
+        offset=offset,
+        schema=view.schema,
     )
     rows = await show_actors(services.subjects, rows, "submitted_by")
-    return RunList.model_validate({"items": rows, "limit": limit, "offset": offset})
+    return view.answer(
+        RunList.model_validate({"items": rows, "limit": limit, "offset": offset})
+    )
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
-async def get_run(services: Services, project_id: ProjectId, run_id: RunId) -> Run:
+async def get_run(
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    run_id: RunId,
+    as_of: AsOf = None,
+) -> Response[Run]:
     """One run with its spec, plan, metrics and artifacts."""
-    row = await queries.get_run(services.pool, project_id, run_id)
-    return Run.model_validate(await show_actor(services.subjects, row, "submitted_by"))
+    view = await read_view(request, services, settings, as_of)
+    row = await queries.get_run(services.pool, project_id, run_id, schema=view.schema)
+    return view.answer(
+        Run.model_validate(await show_actor(services.subjects, row, "submitted_by"))
+    )
 
 
 @post(
@@ -134,66 +165,101 @@ async def cancel_run(
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/timeline",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def run_timeline(
-    services: Services, project_id: ProjectId, run_id: RunId
-) -> RunTimeline:
+    request: Request[Any, Any, Any],
+    services: Services,
+    project_id: ProjectId,
+    run_id: RunId,
+    as_of: AsOf = None,
+) -> Response[RunTimeline]:
     """Every event of the run, in order, straight from the log."""
-    events = await queries.run_timeline(services.pool, project_id, run_id)
+    point = await as_of_point(request, services, as_of)
+    view = ReadView(position=point.position if point else None)
+    events = await queries.run_timeline(
+        services.pool, project_id, run_id, as_of=view.position
+    )
     events = await open_timeline_actors(services.subjects, events)
-    return RunTimeline.model_validate(
-        {"project_id": project_id, "run_id": run_id, "events": events}
+    return view.answer(
+        RunTimeline.model_validate(
+            {"project_id": project_id, "run_id": run_id, "events": events}
+        )
     )
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/lineage",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def run_lineage(
-    services: Services, project_id: ProjectId, run_id: RunId
-) -> RunLineage:
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    run_id: RunId,
+    as_of: AsOf = None,
+) -> Response[RunLineage]:
     """What the run consumed and produced, with digests."""
-    lineage = await queries.run_lineage(services.pool, project_id, run_id)
-    return RunLineage.model_validate(lineage)
+    view = await read_view(request, services, settings, as_of)
+    lineage = await queries.run_lineage(
+        services.pool, project_id, run_id, schema=view.schema
+    )
+    return view.answer(RunLineage.model_validate(lineage))
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/artifacts",
     opt={PERMISSION_OPT: Permission.RUN_READ},
-    responses=problems(404),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def list_artifacts(
-    services: Services, project_id: ProjectId, run_id: RunId
-) -> ArtifactList:
+    request: Request[Any, Any, Any],
+    services: Services,
+    settings: AppSettings,
+    project_id: ProjectId,
+    run_id: RunId,
+    as_of: AsOf = None,
+) -> Response[ArtifactList]:
     """The run's artifacts with their digests and sizes."""
-    run = await queries.get_run(services.pool, project_id, run_id)
-    return ArtifactList.model_validate({"items": run.get("artifacts", [])})
+    view = await read_view(request, services, settings, as_of)
+    run = await queries.get_run(services.pool, project_id, run_id, schema=view.schema)
+    return view.answer(ArtifactList.model_validate({"items": run.get("artifacts", [])}))
 
 
 @get(
     "/projects/{project_id:str}/runs/{run_id:str}/artifacts/{name:path}",
     opt={PERMISSION_OPT: Permission.RUN_READ},
     media_type="application/octet-stream",
-    responses=problems(404, 422),
+    responses=problems(400, 404, 422),
+    response_headers=AS_OF_RESPONSE_HEADERS,
 )
 async def download_artifact(
+    request: Request[Any, Any, Any],
     services: Services,
+    settings: AppSettings,
     project_id: ProjectId,
     run_id: RunId,
     name: FromPath[PurePosixPath],
+    as_of: AsOf = None,
 ) -> Stream:
     """The bytes of one artifact (the name may contain `/`), streamed."""
+    view = await read_view(request, services, settings, as_of)
     artifact_name = artifact_name_of(name)
-    row = await queries.get_artifact(services.pool, project_id, run_id, artifact_name)
+    row = await queries.get_artifact(
+        services.pool, project_id, run_id, artifact_name, schema=view.schema
+    )
     return await stream_object(
         services.blobs,
         key=row["object_key"],
         sha256=row["sha256"],
         size=row["size"],
         media_type="application/octet-stream",
+        headers=view.headers,
     )
 
 

@@ -3,7 +3,12 @@ replay, and the queries the gateway serves.
 
     projector  handlers per event type, `ProjectorService`, checkpoints
     replay     rebuild the read models from the log and compare with `rm`
-    queries    JSON-ready reads over `rm` and the run streams
+    pointintime
+               the read models as of a past point (`animus replay --until`)
+               and what changed between two points (`animus replay --diff`)
+    asof       snapshots `rm_asof_<P>` for the gateway's reads `as_of=P`:
+               built once on first use, kept up to ANIMUS_AS_OF_SNAPSHOTS
+    queries    JSON-ready reads over `rm` (or a snapshot) and the run streams
 """
 
 from projections.projector import (
