@@ -23,7 +23,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from animus.settings import Settings
 from animus.sweeper import sweeping
-from gateway import bundles, datasets, health, personal, projects, runs
+from gateway import bundles, datasets, evidence, health, personal, projects, runs
 from gateway.auth import (
     PERMISSION_OPT,
     DevTokenAuthenticator,
@@ -84,6 +84,7 @@ def _protected_router() -> Router:
             *runs.ROUTES,
             *personal.ROUTES,
             *bundles.ROUTES,
+            *evidence.ROUTES,
         ],
         security=[{BEARER: []}],
     )
