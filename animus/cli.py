@@ -390,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=args.command,
         )
     try:
+        if args.command == "evidence" and args.evidence_command == "verify":
+            # offline by design: no settings, no database, no network
+            return int(_load(EVIDENCE_COMMANDS["verify"])(None, args))
         settings = load_settings()
         if args.command not in PROCESSES:
             from animus.telemetry import configure_logging
