@@ -23,9 +23,11 @@ functions owned by the owner that create `rm_asof_<P>` (a name built from a
 bigint), seal it read-only once filled, and drop it. So the gateway never
 holds the owner's credentials, and the app role can create nothing else.
 
-Cost: the first read as of P folds P events (replay speed, in the order of
-10^4 events a second here), and the snapshot stores a copy of the read
-models as they were at P; later reads as of P cost what live reads cost.
+Cost: the first read as of P folds P events at replay speed (measured on
+the 2-core development machine: 4,860 events built in 0.86 s, about 5,000
+a second; a reuse costs 0.7 ms more than a live read), and the snapshot
+stores a copy of the read models as they were at P; later reads as of P
+cost what live reads cost.
 Folding in memory per request was the alternative: it needs no schema but
 a second implementation of every handler and the whole fold on every read.
 """
