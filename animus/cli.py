@@ -135,6 +135,16 @@ def _parser() -> _Parser:
     )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("migrate", help="apply database migrations")
+    erase = sub.add_parser(
+        "erase-subject",
+        help="erase a data subject: destroy their key, so their names, emails "
+        "and client addresses read as erased everywhere",
+    )
+    erase.add_argument("subject", metavar="SUBJECT", help="pseudonym: subj_ + 32 hex")
+    erase.add_argument(
+        "--reason", default="", help="kept in the log for ever: no personal data"
+    )
+    erase.add_argument("--json", action="store_true", help="print one JSON object")
     _evidence_parser(sub)
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process alone")
@@ -321,6 +331,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _replay(settings, args)
     if args.command == "check-storage":
         return _check_storage(settings, content=args.content, as_json=args.json)
+    if args.command == "erase-subject":
+        return int(_load("commands.erasure:erase_command")(settings, args))
     if args.command == "migrate":
         from animus.db import owner_dsn
         from animus.migrate import migrate

@@ -11,6 +11,9 @@ role (VACUUM FULL), so the destroyed key lingers in no dead tuple.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,9 +21,16 @@ from typing import Any
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from animus.errors import StoreError, StreamVersionConflict
+from animus.db import app_dsn, open_pool
+from animus.errors import ConfigurationError, StoreError, StreamVersionConflict
 from animus.eventstore import EventStore, NewEvent
-from animus.personal import erase_subject_key, vacuum_subject_keys
+from animus.personal import (
+    SUBJECT_PATTERN,
+    erase_subject_key,
+    is_subject,
+    vacuum_subject_keys,
+)
+from animus.settings import Settings
 from commands.handlers import CommandContext
 from contracts.events import SubjectErased
 from contracts.streams import SUBJECT_STREAM_TYPE, subject_stream
@@ -37,6 +47,23 @@ class ErasureResult:
     already_erased: bool
     position: int | None
     vacuumed: bool
+
+    def line(self) -> str:
+        """One line for the operator."""
+        when = self.erased_at.isoformat(timespec="seconds")
+        recorded = (
+            f"SubjectErased at position {self.position}"
+            if self.position is not None
+            else "SubjectErased not recorded (retry to record it)"
+        )
+        if self.already_erased:
+            return f"subject {self.subject} was already erased at {when}; {recorded}"
+        vacuumed = (
+            "subject_keys vacuumed"
+            if self.vacuumed
+            else "subject_keys NOT vacuumed (needs the owner role)"
+        )
+        return f"subject {self.subject} erased at {when}; {recorded}; {vacuumed}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,3 +144,45 @@ async def _record(
         )
         return appended[-1].position
     return None
+
+
+OPERATOR_ACTOR = "operator:cli"
+"""The actor of an erasure run from the command line (a service name)."""
+
+
+def erase_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`animus erase-subject SUBJECT [--reason TEXT] [--json]`.
+
+    Raises:
+        ConfigurationError: SUBJECT is not a subject id.
+        NotFoundError: no such subject.
+    """
+    from animus.stack import resolve_services
+
+    if not is_subject(args.subject):
+        raise ConfigurationError(
+            f"SUBJECT: {args.subject!r} is not a subject id ({SUBJECT_PATTERN})"
+        )
+    settings = resolve_services(settings)
+    result = asyncio.run(_erase(settings, args.subject, args.reason))
+    if args.json:
+        print(json.dumps(result.as_json(), sort_keys=True))
+    else:
+        print(result.line())
+    return 0
+
+
+async def _erase(settings: Settings, subject: str, reason: str) -> ErasureResult:
+    pool = await open_pool(app_dsn(settings), max_size=2, name="erase-subject")
+    try:
+        async with EventStore(pool) as store:
+            return await erase_subject(
+                store,
+                pool,
+                CommandContext(actor=OPERATOR_ACTOR),
+                subject,
+                reason=reason,
+                owner_dsn=settings.database_url,
+            )
+    finally:
+        await pool.close()

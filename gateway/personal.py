@@ -104,7 +104,7 @@ async def open_timeline_actors(
 @get(
     "/personal-data/subjects/{subject:str}",
     opt={PERMISSION_OPT: Permission.PERSONAL_DATA_READ},
-    responses=problems(404),
+    responses=problems(404, 422),
 )
 async def get_subject(services: Services, subject: Subject) -> SubjectProfile:
     """A data subject's name and email, opened now; `erased` once erased."""

@@ -1,0 +1,17 @@
+"""What the personal-data tests share: the test users and their key."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+
+SUFFIX = secrets.token_hex(4)
+EMAIL = f"erin.{SUFFIX}@example.org"
+NAME = f"Erin Example {SUFFIX}"
+OTHER_EMAIL = f"olaf.{SUFFIX}@example.org"
+CLIENT = ("192.0.2.77", 50077)
+ERIN = {"Authorization": "Bearer erin-token"}
+OLAF = {"Authorization": "Bearer olaf-token"}
+OPERATOR = {"Authorization": "Bearer operator-token"}
+PERSONAL_DATA_KEY = base64.b64encode(os.urandom(32)).decode()
