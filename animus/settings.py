@@ -203,7 +203,7 @@ class Settings(BaseSettings):
         default=1000, ge=1, description="Sign a checkpoint every this many events"
     )
     checkpoint_interval_seconds: float = Field(
-        default=60.0,
+        default=10.0,
         gt=0,
         description="... and at least this often while new events arrive",
     )

@@ -105,6 +105,7 @@ class Checkpointer:
         self._batch_size = batch_size
         self._idle_interval = idle_interval
         self._builder = tree.TreeBuilder()
+        self._built = 0
         self._loaded = False
         self._task: asyncio.Task[None] | None = None
         self._state = CheckpointerState.CREATED
@@ -119,7 +120,8 @@ class Checkpointer:
 
     @property
     def built_size(self) -> int:
-        return self._builder.size
+        """Leaves committed to `merkle_nodes` (the builder may run ahead)."""
+        return self._built
 
     async def __aenter__(self) -> Checkpointer:
         await self.start()
@@ -167,6 +169,7 @@ class Checkpointer:
     async def _load(self, conn: AsyncConnection[Any]) -> None:
         self._builder = tree.TreeBuilder()
         await self._builder.load(conn)
+        self._built = self._builder.size
         cur = await conn.execute(_LAST_SIGNED)
         row = await cur.fetchone()
         self.signed_size = int(row[0]) if row else 0
@@ -185,9 +188,9 @@ class Checkpointer:
 
     async def _extend(self, conn: AsyncConnection[Any]) -> int:
         """Add the next events (up to the next checkpoint by count) and sign."""
-        target = self.signed_size + self._every - self.built_size
+        target = self.signed_size + self._every - self._builder.size
         limit = min(self._batch_size, target) if target > 0 else self._batch_size
-        cur = await conn.execute(_READ_LEAVES, (self.built_size, limit))
+        cur = await conn.execute(_READ_LEAVES, (self._builder.size, limit))
         rows = await cur.fetchall()
         if not rows and not self._due():
             return 0
@@ -207,17 +210,18 @@ class Checkpointer:
         except BaseException:
             self._loaded = False  # the builder ran ahead of what was stored
             raise
+        self._built = builder.size
         return len(rows)
 
     def _due(self) -> bool:
         """A checkpoint is due: N events, or T seconds with something new."""
-        new = self.built_size - self.signed_size
+        new = self._builder.size - self.signed_size
         if new <= 0:
             return False
         return new >= self._every or time.time() - self.signed_at >= self._interval
 
     async def _sign(self, conn: AsyncConnection[Any]) -> None:
-        size = self.built_size
+        size = self._builder.size
         if not self._chain_head:
             cur = await conn.execute(
                 "SELECT hash FROM events WHERE position = %s", (size,)

@@ -12,8 +12,8 @@ tests/bench/test_evidence_bench.py).
 Any subtree the RFC's recursion visits, [lo, hi), is either a complete node
 or a right edge whose hash is the fold of the complete subtrees of its
 binary decomposition (largest first). So a tree head or a proof at a
-million events reads O(log^2 N) nodes, in one query for the stored nodes and
-one for the leaves. How far the tree is built is row `merkle` of
+million events reads O(log^2 N) nodes, in one query that reads the stored nodes
+and the leaves together. How far the tree is built is row `merkle` of
 `relay_checkpoints`, written in the transaction that stores the nodes.
 
 Derived data: a wrong node can only make a proof fail against the signed
@@ -54,13 +54,13 @@ _WRITE_BUILT = (
     "INSERT INTO relay_checkpoints (name, position) VALUES (%s, %s) "
     "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
 )
+# stored nodes (level >= 0) and leaves' canonical bytes (level -1), one trip
 _READ_NODES = (
     "SELECT n.level, n.idx, n.hash FROM merkle_nodes n "
     "JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx) "
-    "ON n.level = w.level AND n.idx = w.idx"
-)
-_READ_LEAVES = (
-    "SELECT position, textsend(canonical) FROM events WHERE position = ANY(%s)"
+    "ON n.level = w.level AND n.idx = w.idx "
+    "UNION ALL SELECT -1, position - 1, textsend(canonical) FROM events "
+    "WHERE position = ANY(%s)"
 )
 
 
@@ -150,24 +150,23 @@ async def _nodes(
     """
     stored = [n for n in wanted if n[0] >= STORED_FROM_LEVEL]
     small = [n for n in wanted if n[0] < STORED_FROM_LEVEL]
+    leaves = sorted({i for level, idx in small for i in _leaves_of(level, idx)})
     known: dict[Node, bytes] = {}
-    if stored:
+    leaf: dict[int, bytes] = {}
+    if stored or leaves:
         cur = await conn.execute(
-            _READ_NODES, ([n[0] for n in stored], [n[1] for n in stored])
+            _READ_NODES,
+            ([n[0] for n in stored], [n[1] for n in stored], [i + 1 for i in leaves]),
         )
-        for level, idx, digest in await cur.fetchall():
-            known[(int(level), int(idx))] = bytes(digest)
-    if small:
-        leaves = {i for level, idx in small for i in _leaves_of(level, idx)}
-        cur = await conn.execute(_READ_LEAVES, ([i + 1 for i in sorted(leaves)],))
-        leaf = {
-            int(pos) - 1: merkle.leaf_hash(bytes(text))
-            for pos, text in await cur.fetchall()
-        }
-        for level, idx in small:
-            span = _leaves_of(level, idx)
-            if all(i in leaf for i in span):
-                known[(level, idx)] = merkle.root([leaf[i] for i in span])
+        for level, idx, value in await cur.fetchall():
+            if level < 0:
+                leaf[int(idx)] = merkle.leaf_hash(bytes(value))
+            else:
+                known[(int(level), int(idx))] = bytes(value)
+    for level, idx in small:
+        span = _leaves_of(level, idx)
+        if all(i in leaf for i in span):
+            known[(level, idx)] = merkle.root([leaf[i] for i in span])
     missing = [n for n in wanted if n not in known]
     if missing:
         level, idx = min(missing, key=lambda n: (n[1] + 1) << n[0])
@@ -265,6 +264,8 @@ class TreeBuilder:
         """Add the next leaf's hash (merkle.leaf_hash of its canonical bytes)."""
         level, digest = 0, leaf
         index = self.size
+        if STORED_FROM_LEVEL == 0:
+            self._pending.append((0, index, leaf))
         while self._edge and self._edge[-1][0] == level:
             _, left = self._edge.pop()
             digest = merkle.node_hash(left, digest)
