@@ -221,7 +221,9 @@ class TestNatsUnreachable:
             "ANIMUS_LOG_LEVEL": "error",
         }
 
-    @pytest.mark.parametrize("process", ["relay", "coordinator", "executor"])
+    @pytest.mark.parametrize(
+        "process", ["relay", "coordinator", "executor", "checkpointer"]
+    )
     def test_a_process_that_needs_the_bus_gives_up_naming_the_setting(
         self, tmp_path: Path, env: dict[str, str], process: str
     ) -> None:
