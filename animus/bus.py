@@ -37,6 +37,8 @@ from nats.js.errors import NotFoundError as JsNotFound
 
 from animus.errors import BusError
 from contracts.bus import (
+    AUDIT_PREFIX,
+    AUDIT_STREAM,
     CONTROL_STREAM,
     DEAD_LETTER_PREFIX,
     DEAD_LETTER_STREAM,
@@ -99,6 +101,22 @@ STREAMS: tuple[StreamConfig, ...] = (
 )
 
 
+def audit_stream_config(retention_seconds: float) -> StreamConfig:
+    """The SIEM stream: file storage, kept `retention_seconds` (0: for ever).
+
+    Set up by the processes that know the retention setting (the relay, and
+    `animus up` before it starts anything), not by `ensure_streams`.
+    """
+    return StreamConfig(
+        name=AUDIT_STREAM,
+        subjects=[AUDIT_PREFIX + ">"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=retention_seconds,
+        duplicate_window=DEDUPE_WINDOW_SECONDS,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class PublishAck:
     stream: str
@@ -140,14 +158,21 @@ class Bus:
     async def ensure_streams(self) -> None:
         """Create or update every stream the platform uses."""
         for config in STREAMS:
+            await self._ensure(config)
+
+    async def _ensure(self, config: StreamConfig) -> None:
+        try:
             try:
-                try:
-                    await self.js.stream_info(config.name)
-                    await self.js.update_stream(config)
-                except JsNotFound:
-                    await self.js.add_stream(config)
-            except nats.errors.Error as exc:
-                raise BusError(f"cannot set up stream {config.name}: {exc}") from exc
+                await self.js.stream_info(config.name)
+                await self.js.update_stream(config)
+            except JsNotFound:
+                await self.js.add_stream(config)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot set up stream {config.name}: {exc}") from exc
+
+    async def ensure_audit_stream(self, retention_seconds: float) -> None:
+        """Create or update the SIEM stream with its retention."""
+        await self._ensure(audit_stream_config(retention_seconds))
 
     async def publish(
         self,

@@ -146,9 +146,42 @@ def _parser() -> _Parser:
     )
     erase.add_argument("--json", action="store_true", help="print one JSON object")
     _evidence_parser(sub)
+    _siem_parser(sub)
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process alone")
     return parser
+
+
+def _siem_parser(sub: Any) -> None:
+    """`animus siem follow`: the SIEM stream as NDJSON, checked on the way."""
+    siem = sub.add_parser("siem", help="the SIEM stream (contracts/siem.md)")
+    tools = siem.add_subparsers(dest="siem_command", required=True, metavar="SUB")
+    follow = tools.add_parser(
+        "follow",
+        help="print audit records as NDJSON; a gap or a changed record is "
+        "reported on stderr (exit 1)",
+    )
+    follow.add_argument(
+        "--from",
+        dest="after",
+        type=int,
+        default=0,
+        metavar="POSITION",
+        help="start after this position (a new consumer only)",
+    )
+    follow.add_argument("--project", help="only this project (_platform: none)")
+    follow.add_argument("--type", help="only this event type")
+    follow.add_argument(
+        "--durable",
+        metavar="NAME",
+        help="a durable consumer: resumes where it stopped, on the server",
+    )
+    follow.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without a record (default: follow for ever)",
+    )
 
 
 def _evidence_parser(sub: Any) -> None:
@@ -327,6 +360,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "evidence":
         command = EVIDENCE_COMMANDS[args.evidence_command]
         return int(_load(command)(settings, args))
+    if args.command == "siem":
+        return int(_load("animus.siem.follow:follow_command")(settings, args))
     if args.command == "replay":
         return _replay(settings, args)
     if args.command == "check-storage":

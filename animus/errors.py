@@ -11,6 +11,7 @@
     │   └── TransientStoreError   retryable (503)
     ├── ChainError                the hash chain does not verify
     ├── BusError                  NATS / JetStream failed
+    ├── SyslogError               a syslog collector refused or dropped us
     ├── StorageError              the object store failed
     └── PersonalDataError         a sealed personal field cannot be opened
 
@@ -75,6 +76,10 @@ class ChainError(AnimusError):
 
 class BusError(AnimusError):
     title = "Bus error"
+
+
+class SyslogError(AnimusError):
+    title = "Syslog error"
 
 
 class StorageError(AnimusError):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
+from collections.abc import Sequence
 from typing import TypeVar
 
 import structlog
@@ -21,9 +21,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from animus.bus import Bus, bus_session
 from animus.chain import format_timestamp
-from animus.db import app_dsn, open_pool, translate_db_errors
-from animus.errors import AnimusError, ConfigurationError
+from animus.db import app_dsn, open_pool
+from animus.errors import ConfigurationError
 from animus.eventstore import EventStore, RecordedEvent
+from animus.follower import BATCH_SIZE, IDLE_INTERVAL, LogFollower
 from animus.settings import Settings
 from contracts.bus import (
     CancelRequested,
@@ -40,31 +41,11 @@ from contracts.events import (
 )
 from contracts.streams import run_stream
 
-__all__ = ["Relay", "RelayState", "envelope_payload", "run"]
+__all__ = ["Relay", "envelope_payload", "run"]
 
 log = structlog.get_logger(__name__)
 
 E = TypeVar("E", bound=DomainEvent)
-
-BATCH_SIZE = 500
-IDLE_INTERVAL = 0.1
-RETRY_INITIAL = 0.2
-RETRY_MAX = 5.0
-
-_READ_CHECKPOINT = "SELECT position FROM relay_checkpoints WHERE name = %s"
-_WRITE_CHECKPOINT = (
-    "INSERT INTO relay_checkpoints (name, position) VALUES (%s, %s) "
-    "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
-)
-
-
-class RelayState(enum.Enum):
-    """Where a relay is in its lifecycle."""
-
-    CREATED = "created"  # constructed; nothing runs yet
-    RUNNING = "running"  # the publishing loop is active
-    STOPPING = "stopping"  # stop() was called; the loop is being ended
-    STOPPED = "stopped"  # the loop has ended; start() may run it again
 
 
 def envelope_payload(event: RecordedEvent) -> bytes:
@@ -86,7 +67,7 @@ def envelope_payload(event: RecordedEvent) -> bytes:
     return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-class Relay:
+class Relay(LogFollower[RecordedEvent]):
     """Publishes the event log to the bus from a durable checkpoint.
 
     Use as `async with Relay(store, bus, pool):` or call start() and stop().
@@ -102,99 +83,18 @@ class Relay:
         batch_size: int = BATCH_SIZE,
         idle_interval: float = IDLE_INTERVAL,
     ) -> None:
-        self.name = name
+        super().__init__(
+            pool, name=name, batch_size=batch_size, idle_interval=idle_interval
+        )
         self._store = store
         self._bus = bus
-        self._pool = pool
-        self._batch_size = batch_size
-        self._idle_interval = idle_interval
-        self._task: asyncio.Task[None] | None = None
-        self._state = RelayState.CREATED
-        self.position = 0
-        self.published = 0
 
-    @property
-    def state(self) -> RelayState:
-        return self._state
+    async def _read(self, after: int, limit: int) -> list[RecordedEvent]:
+        return await self._store.read_all(after=after, limit=limit)
 
-    async def __aenter__(self) -> Relay:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start the publishing loop; it resumes from the stored checkpoint."""
-        if self._task is not None:
-            return
-        self._state = RelayState.RUNNING
-        self._task = asyncio.create_task(self._run(), name=f"relay-{self.name}")
-        log.info("relay_started", relay=self.name)
-
-    async def stop(self) -> None:
-        """End the loop. Events published past the checkpoint are republished
-        on the next start and deduplicated by JetStream."""
-        if self._task is None:
-            return
-        self._state = RelayState.STOPPING
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-        self._state = RelayState.STOPPED
-        log.info("relay_stopped", relay=self.name, position=self.position)
-
-    async def run_once(self) -> int:
-        """Publish one batch after the checkpoint; the number of events.
-
-        Raises:
-            BusError: a publish was not acknowledged; the checkpoint is kept.
-            StoreError: the database failed.
-        """
-        events = await self._store.read_all(after=self.position, limit=self._batch_size)
-        for event in events:
+    async def _deliver(self, items: Sequence[RecordedEvent]) -> None:
+        for event in items:
             await self._publish_event(event)
-        if events:
-            await self._save_checkpoint(events[-1].position)
-            self.published += len(events)
-        return len(events)
-
-    async def _run(self) -> None:
-        delay = RETRY_INITIAL
-        loaded = False
-        while True:
-            try:
-                if not loaded:
-                    self.position = await self._load_checkpoint()
-                    loaded = True
-                count = await self.run_once()
-            except AnimusError as exc:
-                log.warning("relay_retrying", relay=self.name, error=exc.detail)
-            except Exception:  # noqa: BLE001 - the relay must outlive a bad batch
-                log.exception("relay_batch_failed", relay=self.name)
-            else:
-                delay = RETRY_INITIAL
-                if count < self._batch_size:
-                    await asyncio.sleep(self._idle_interval)
-                continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
-
-    async def _load_checkpoint(self) -> int:
-        with translate_db_errors():
-            async with self._pool.connection() as conn:
-                cur = await conn.execute(_READ_CHECKPOINT, (self.name,))
-                row = await cur.fetchone()
-        position = int(row[0]) if row else 0
-        log.info("relay_checkpoint_loaded", relay=self.name, position=position)
-        return position
-
-    async def _save_checkpoint(self, position: int) -> None:
-        with translate_db_errors():
-            async with self._pool.connection() as conn:
-                await conn.execute(_WRITE_CHECKPOINT, (self.name, position))
-        self.position = position
 
     async def _publish_event(self, event: RecordedEvent) -> None:
         """Publish one event, then the launch or cancel it implies."""
@@ -265,19 +165,32 @@ class Relay:
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
-    """The `animus relay` process: publish until `stop` is set."""
-    pool = await open_pool(app_dsn(settings), max_size=4, name="relay")
+    """The `animus relay` process: publish until `stop` is set.
+
+    Beside the relay it runs the SIEM stream's publisher and, when
+    ANIMUS_SYSLOG_URL is set, the syslog forwarder (animus/siem/): each
+    follows the log from its own checkpoint, so none holds up another.
+    """
+    from animus.siem.stream import AuditPublisher
+    from animus.siem.syslog import SyslogForwarder, SyslogTarget
+
+    syslog = SyslogTarget.from_settings(settings)
+    pool = await open_pool(app_dsn(settings), max_size=6, name="relay")
     try:
-        async with (
-            bus_session(
-                _nats_url(settings),
-                name="animus-relay",
-                wait=settings.nats_wait_seconds,
-            ) as bus,
-            EventStore(pool) as store,
-            Relay(store, bus, pool),
-        ):
-            await stop.wait()
+        async with bus_session(
+            _nats_url(settings), name="animus-relay", wait=settings.nats_wait_seconds
+        ) as bus:
+            await bus.ensure_audit_stream(settings.audit_retention_days * 86400)
+            async with (
+                EventStore(pool) as store,
+                Relay(store, bus, pool),
+                AuditPublisher(bus, pool),
+                contextlib.AsyncExitStack() as optional,
+            ):
+                if syslog is not None:
+                    await optional.enter_async_context(SyslogForwarder(pool, syslog))
+                    log.info("syslog_forwarding", syslog=syslog.where)
+                await stop.wait()
     finally:
         await pool.close()
 

@@ -207,6 +207,43 @@ class Settings(BaseSettings):
         gt=0,
         description="... and at least this often while new events arrive",
     )
+    audit_retention_days: float = Field(
+        default=3650,
+        ge=0,
+        description="How long the SIEM stream (JetStream ANIMUS_AUDIT) keeps "
+        "records; 0 keeps them for ever",
+    )
+    syslog_url: str | None = Field(
+        default=None,
+        description="Forward every audit record to this syslog collector as RFC "
+        "5424 over TCP: tcp://host:port, or tls://host:port for RFC 5425",
+    )
+    syslog_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle that verifies a tls:// collector "
+        "(unset: the system's)",
+    )
+    syslog_cert_file: Path | None = Field(
+        default=None, description="PEM client certificate for a tls:// collector"
+    )
+    syslog_key_file: Path | None = Field(
+        default=None, description="PEM key of ANIMUS_SYSLOG_CERT_FILE"
+    )
+    syslog_app_name: str = Field(
+        default="animus", pattern=r"^[!-~]{1,48}$", description="RFC 5424 APP-NAME"
+    )
+    syslog_hostname: str | None = Field(
+        default=None,
+        pattern=r"^[!-~]{1,255}$",
+        description="RFC 5424 HOSTNAME (unset: this machine's name)",
+    )
+    syslog_max_message_bytes: int = Field(
+        default=8192,
+        ge=2048,
+        le=1_048_576,
+        description="Largest syslog message sent; a longer record is sent as "
+        "a summary without data, metadata and canonical",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -216,6 +253,21 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None  # set but empty: unset, so `animus up` embeds the service
         return check_url(str(info.field_name), value.strip())
+
+    @field_validator("syslog_url")
+    @classmethod
+    def _check_syslog_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or not port:
+            wanted = "must be tcp://host:port or tls://host:port"
+            raise PydanticCustomError("url", wanted)
+        return value.strip()
 
     @field_validator("personal_data_key")
     @classmethod

@@ -357,6 +357,7 @@ async def _prepare_bus_and_bucket(settings: Settings) -> None:
     )
     try:
         await bus.ensure_streams()
+        await bus.ensure_audit_stream(settings.audit_retention_days * 86400)
     finally:
         await bus.close()
     async with BlobStore(

@@ -19,6 +19,11 @@ Subjects:
   in tree-size order, in stream `ANIMUS_EVIDENCE`, kept without a time limit
   so copies of the tree heads live outside the database
   (`Nats-Msg-Id` = `checkpoint:<origin>:<tree_size>`).
+- `animus.audit.<project>.<event_type>`: every committed event as a SIEM
+  record (`animus-siem/v1`, contracts/siem.md), in position order, in stream
+  `ANIMUS_AUDIT` (`Nats-Msg-Id` = event id). `<project>` is the project id,
+  or `_platform` for events of no project; subscribers filter with
+  `animus.audit.<project>.>` or `animus.audit.*.<event_type>`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ CONTROL_STREAM = "ANIMUS_CONTROL"
 REPORT_STREAM = "ANIMUS_REPORTS"
 DEAD_LETTER_STREAM = "ANIMUS_DEADLETTER"
 EVIDENCE_STREAM = "ANIMUS_EVIDENCE"
+AUDIT_STREAM = "ANIMUS_AUDIT"
+AUDIT_PREFIX = "animus.audit."
+PLATFORM_TOKEN = "_platform"
+"""The project token of events that belong to no project."""
 CHECKPOINT_SUBJECT = "animus.evidence.checkpoint"
 
 DEAD_LETTER_PREFIX = "animus.deadletter."
@@ -54,6 +63,35 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 def event_subject(stream_type: str, event_type: str) -> str:
     return f"animus.events.{stream_type}.{event_type}"
+
+
+def subject_token(value: str) -> str:
+    """`value` as one subject token: `%XX` for each byte that is not an ASCII
+    letter, digit, `_` or `-` (a `.`, `*`, `>`, space or `%` would split the
+    token, act as a wildcard or collide); `%` alone for the empty string."""
+    return "".join(_token_char(c) for c in value) or "%"
+
+
+def _token_char(char: str) -> str:
+    if char.isascii() and (char.isalnum() or char in "_-"):
+        return char
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+
+
+def audit_subject(project_id: str | None, event_type: str) -> str:
+    """`animus.audit.<project>.<event_type>`; `_platform` for no project."""
+    project = PLATFORM_TOKEN if project_id is None else subject_token(project_id)
+    return f"{AUDIT_PREFIX}{project}.{subject_token(event_type)}"
+
+
+def audit_filter(project_id: str | None = None, event_type: str | None = None) -> str:
+    """The subject filter of a subscriber to one project and/or event type.
+
+    `project_id` may be `_platform` for the events of no project.
+    """
+    project = "*" if project_id is None else subject_token(project_id)
+    kind = "*" if event_type is None else subject_token(event_type)
+    return f"{AUDIT_PREFIX}{project}.{kind}"
 
 
 def launch_subject(executor: str) -> str:
