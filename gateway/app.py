@@ -23,7 +23,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from animus.settings import Settings
 from animus.sweeper import sweeping
-from gateway import bundles, datasets, evidence, health, personal, projects, runs
+from gateway import (
+    audit,
+    bundles,
+    datasets,
+    evidence,
+    health,
+    personal,
+    projects,
+    runs,
+)
 from gateway.auth import (
     PERMISSION_OPT,
     DevTokenAuthenticator,
@@ -85,6 +94,7 @@ def _protected_router() -> Router:
             *personal.ROUTES,
             *bundles.ROUTES,
             *evidence.ROUTES,
+            *audit.ROUTES,
         ],
         security=[{BEARER: []}],
     )
