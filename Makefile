@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: demo test up lint bench openapi sandbox clean
+.PHONY: demo test up lint bench openapi sandbox rsyslog clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,21 @@ sandbox:
 	    exit 1; \
 	  fi; }
 
+# The syslog tests forward to a real rsyslogd (TLS through rsyslog-gnutls);
+# without it and outside CI they are skipped.
+rsyslog:
+	@if [ ! -x /usr/sbin/rsyslogd ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing rsyslog (the syslog forwarding tests' collector)"; \
+	  (apt-get update -qq && apt-get install -y -qq rsyslog rsyslog-gnutls) >/dev/null; \
+	fi
+
 demo: $(STAMP) sandbox
 	$(BIN)/animus demo
 
 up: $(STAMP) sandbox
 	$(BIN)/animus up
 
-test: $(TSTAMP) sandbox
+test: $(TSTAMP) sandbox rsyslog
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
