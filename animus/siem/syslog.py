@@ -4,7 +4,7 @@ For collectors that speak only syslog: every event, in position order, as
 one RFC 5424 message over TCP with octet-counting framing (RFC 6587), or
 over TLS (RFC 5425) for a `tls://` address. The message is
 
-    <109>1 <recorded_at> <hostname> <app-name> <procid> <event type>
+    <110>1 <recorded_at> <hostname> <app-name> <procid> <event type>
       [animus@32473 position="…" event_id="…" hash="…" prev_hash="…"
       project="…" type="…"] <the SIEM record as JSON>
 
