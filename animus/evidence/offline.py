@@ -252,45 +252,68 @@ def _type_ok(value: Any, name: str) -> bool:
     return isinstance(value, _JSON_TYPES[name])
 
 
-def _schema_errors(value: Any, schema: Mapping[str, Any], at: str) -> Iterator[str]:
-    if "const" in schema and value != schema["const"]:
-        yield f"{at}: must be {json.dumps(schema['const'])}"
-        return
+def _schema_error(value: Any, schema: Mapping[str, Any], at: str) -> str | None:
+    """The first way `value` breaks `schema`, located by the JSON path `at`."""
+    if "const" in schema:
+        return (
+            None
+            if value == schema["const"]
+            else (f"{at}: must be {json.dumps(schema['const'])}")
+        )
     types = schema.get("type")
     if types is not None:
         names = [types] if isinstance(types, str) else types
         if not any(_type_ok(value, name) for name in names):
-            yield f"{at}: must be of type {' or '.join(names)}"
-            return
+            return f"{at}: must be of type {' or '.join(names)}"
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0):
-            yield f"{at}: must not be empty"
+            return f"{at}: must not be empty"
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            yield f"{at}: does not match {schema['pattern']}"
-    if isinstance(value, int) and value < schema.get("minimum", value):
-        yield f"{at}: must be at least {schema['minimum']}"
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            yield f"{at}: must have at least {schema['minItems']} items"
-        if len(value) > schema.get("maxItems", len(value)):
-            yield f"{at}: must have at most {schema['maxItems']} items"
-        for index, item in enumerate(value):
-            yield from _schema_errors(item, schema.get("items", {}), f"{at}[{index}]")
-    if isinstance(value, dict):
-        properties = schema.get("properties", {})
-        for name in schema.get("required", ()):
-            if name not in value:
-                yield f"{at}: {name} is missing"
-        for name, item in value.items():
-            if name in properties:
-                yield from _schema_errors(item, properties[name], f"{at}.{name}")
-            elif schema.get("additionalProperties", True) is False:
-                yield f"{at}: {name} is not allowed"
+            return f"{at}: does not match {schema['pattern']}"
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        if value < schema.get("minimum", value):
+            return f"{at}: must be at least {schema['minimum']}"
+    elif isinstance(value, list):
+        return _array_error(value, schema, at)
+    elif isinstance(value, dict):
+        return _object_error(value, schema, at)
+    return None
+
+
+def _array_error(value: list[Any], schema: Mapping[str, Any], at: str) -> str | None:
+    if len(value) < schema.get("minItems", 0):
+        return f"{at}: must have at least {schema['minItems']} items"
+    if len(value) > schema.get("maxItems", len(value)):
+        return f"{at}: must have at most {schema['maxItems']} items"
+    items = schema.get("items", {})
+    for index, item in enumerate(value):
+        if problem := _schema_error(item, items, f"{at}[{index}]"):
+            return problem
+    return None
+
+
+def _object_error(
+    value: dict[str, Any], schema: Mapping[str, Any], at: str
+) -> str | None:
+    properties = schema.get("properties", {})
+    for name in schema.get("required", ()):
+        if name not in value:
+            return f"{at}: {name} is missing"
+    closed = schema.get("additionalProperties", True) is False
+    for name, item in value.items():
+        if name in properties:
+            if problem := _schema_error(item, properties[name], f"{at}.{name}"):
+                return problem
+        elif closed:
+            return f"{at}: {name} is not allowed"
+    return None
 
 
 def validate(value: Any, schema: Mapping[str, Any]) -> str | None:
     """The first way `value` breaks `schema` (a JSON Schema subset), or None."""
-    return next(_schema_errors(value, schema, "$"), None)
+    return _schema_error(value, schema, "$")
 
 
 # -- keys and checkpoints --------------------------------------------------------
@@ -711,14 +734,22 @@ def read_archive(data: bytes) -> dict[str, bytes]:
     return members
 
 
+def _first_differing_byte(a: bytes, b: bytes) -> int:
+    """The first offset where `a` and `b` differ (or the shorter's length)."""
+    common, offset = min(len(a), len(b)), 0
+    for chunk in (65536, 4096, 64, 1):
+        while offset + chunk <= common and (
+            a[offset : offset + chunk] == b[offset : offset + chunk]
+        ):
+            offset += chunk
+    return offset
+
+
 def _first_difference(
     canonical: bytes, data: bytes, members: Mapping[str, bytes]
 ) -> str:
     """Say where the file departs from the canonical layout of its members."""
-    offset = next(
-        (i for i, (a, b) in enumerate(zip(canonical, data, strict=False)) if a != b),
-        min(len(canonical), len(data)),
-    )
+    offset = _first_differing_byte(canonical, data)
     where = "the end-of-archive padding"
     start = 0
     for name in sorted(members, key=lambda n: n.encode("utf-8")):
@@ -1268,7 +1299,8 @@ def verify_command(settings: object, args: Any) -> int:
                 sparse=args.sparse,
             ).run()
     except VerificationFailure as failure:
-        print(f"verification failed: {failure}", flush=True)
+        line = " ".join(str(failure).split())  # one line, whatever the reason
+        print(f"verification failed: {line}", flush=True)
         return 1
     print("\n".join(lines), flush=True)
     return 0
