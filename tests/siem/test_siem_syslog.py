@@ -31,7 +31,8 @@ from siemtest import append_projects, check_schema
 from animus.embedded import free_port
 from animus.eventstore import EventStore
 from animus.siem import ChainChecker
-from animus.siem.syslog import SD_ID, SyslogForwarder, SyslogTarget
+from animus.siem.stream import read_records
+from animus.siem.syslog import SD_ID, SyslogForwarder, SyslogSender, SyslogTarget
 
 RSYSLOGD = shutil.which("rsyslogd", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
 if RSYSLOGD is None and os.environ.get("CI") != "true":
@@ -250,3 +251,18 @@ class TestForwarding:
         assert "canonical" not in last and "data" not in last
         assert messages[-1]["sd"]["hash"] == last["hash"]
         check_schema(last)
+
+
+class TestMessage:
+    async def test_the_header_is_log_audit_informational_at_recorded_at(
+        self, store: EventStore, pool: AsyncConnectionPool
+    ) -> None:
+        [event] = await append_projects(store, 1)
+        async with pool.connection() as conn:
+            [item] = await read_records(conn, after=event.position - 1, limit=1)
+        sender = SyslogSender(SyslogTarget(host="127.0.0.1", port=1, hostname="h"))
+        message = sender.message(item)
+        stamp = item.record["recorded_at"].replace("Z", "+00:00")
+        assert message.startswith(f"<110>1 {stamp} h animus ".encode())
+        assert b" ProjectCreated [animus@32473 position=" in message
+        assert message.endswith(item.line.encode())
