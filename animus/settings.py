@@ -194,6 +194,15 @@ class Settings(BaseSettings):
         "seed, or the path of a PEM (PKCS#8) file holding it. Unset in dev: one "
         "is generated once into <home>/keys/; refused unset in production",
     )
+    checkpoint_verify_key: str | None = Field(
+        default=None,
+        description="The public key that verifies checkpoints, as the vkey "
+        "`animus evidence key` prints (name+keyhash+key, name = "
+        "ANIMUS_CHECKPOINT_ORIGIN). Processes that only verify (gateway, "
+        "animus verify, bundle export) use it and need no signing key; unset, "
+        "they derive it from the signing key. Set with the signing key, both "
+        "must be one pair",
+    )
     checkpoint_origin: str = Field(
         default="animus-datalab.local/events",
         description="The log's name in signed checkpoints and its public key",
@@ -290,6 +299,49 @@ class Settings(BaseSettings):
         except ValueError as exc:  # its message never quotes the key
             raise PydanticCustomError("signing_key", str(exc)) from None
         return value
+
+    @field_validator("checkpoint_verify_key")
+    @classmethod
+    def _check_verify_key(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from animus.evidence.note import NoteError, parse_vkey
+
+        try:
+            return str(parse_vkey(value))
+        except NoteError as exc:
+            raise PydanticCustomError(
+                "vkey",
+                "not a verifier key ({detail}); expected name+keyhash+key as "
+                "`animus evidence key` prints it",
+                {"detail": exc.detail},
+            ) from None
+
+    @model_validator(mode="after")
+    def _check_checkpoint_keys(self) -> Settings:
+        """The verify key is named after the origin and pairs the signing key."""
+        if self.checkpoint_verify_key is None:
+            return self
+        from animus.evidence.keys import parse_signing_key
+        from animus.evidence.note import parse_vkey, vkey_of
+
+        name = parse_vkey(self.checkpoint_verify_key).name
+        if name != self.checkpoint_origin:
+            raise ValueError(
+                f"ANIMUS_CHECKPOINT_VERIFY_KEY: named {name!r}, but "
+                f"ANIMUS_CHECKPOINT_ORIGIN is {self.checkpoint_origin!r}; a "
+                "checkpoint's key is named after its origin"
+            )
+        if self.checkpoint_signing_key is None:
+            return self
+        private = parse_signing_key(self.checkpoint_signing_key.get_secret_value())
+        if vkey_of(private.public_key(), name) != self.checkpoint_verify_key:
+            raise ValueError(
+                "ANIMUS_CHECKPOINT_VERIFY_KEY does not match "
+                "ANIMUS_CHECKPOINT_SIGNING_KEY: it is not the public half of the "
+                "signing key"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:

@@ -14,7 +14,7 @@ from litestar.params import QueryParameter
 from litestar.response import Response
 
 from animus.evidence.export import CheckpointPending, export_bundle
-from animus.evidence.keys import signing_key, verifier_key
+from animus.evidence.keys import verifier
 from gateway.auth import PERMISSION_OPT, Permission
 from gateway.routing import AppSettings, ProjectId, RunId, Services, problems
 
@@ -49,8 +49,8 @@ async def export_run_evidence(
     (contracts/evidence.md). 409 while no signed checkpoint covers the run's
     last event yet; ask again a few seconds later.
     """
-    key = signing_key(settings)
-    if key is None:
+    vkey = verifier(settings)
+    if vkey is None:
         raise CheckpointPending("no checkpoint has been signed yet")
     async with services.pool.connection() as conn:
         exported = await export_bundle(
@@ -58,7 +58,7 @@ async def export_run_evidence(
             services.blobs if artifact_content else None,
             run_id=run_id,
             project_id=project_id,
-            vkey=verifier_key(settings, key),
+            vkey=str(vkey),
         )
     return Response(
         exported.data,

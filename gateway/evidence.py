@@ -19,8 +19,7 @@ from animus.evidence.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
 )
-from animus.evidence.keys import signing_key, verifier_key
-from animus.evidence.note import parse_vkey
+from animus.evidence.keys import verifier
 from animus.evidence.proofs import consistency_proof_json, inclusion_proof_json
 from contracts.evidence import (
     CheckpointPage,
@@ -74,10 +73,9 @@ def _signed(checkpoint: StoredCheckpoint) -> SignedCheckpoint:
 @get("/evidence/key", opt=READ, responses=problems(404))
 async def get_key(settings: AppSettings) -> EvidenceKey:
     """The public key (signed-note vkey) that verifies every checkpoint."""
-    key = signing_key(settings)
-    if key is None:
+    vkey = verifier(settings)  # ANIMUS_CHECKPOINT_VERIFY_KEY: no signing key here
+    if vkey is None:
         raise NotFoundError("no checkpoint signing key exists yet")
-    vkey = parse_vkey(verifier_key(settings, key))
     return EvidenceKey(vkey=str(vkey), key_id=vkey.key_id, origin=vkey.name)
 
 

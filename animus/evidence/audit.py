@@ -283,7 +283,7 @@ def verify_command(
     from psycopg import AsyncConnection
 
     from animus.db import translate_db_errors
-    from animus.evidence.keys import signing_key, verifier_key
+    from animus.evidence.keys import verifier
 
     if key is not None:
         try:
@@ -293,15 +293,15 @@ def verify_command(
                 f"--key: not a verifier key ({exc.detail})"
             ) from None
     else:
-        private = signing_key(settings)
-        if private is None:
+        configured = verifier(settings)
+        if configured is None:
             if checkpoints is not None:
                 raise ConfigurationError(
                     "--key: needed to check the checkpoints in "
-                    f"{checkpoints} (no signing key is configured here)"
+                    f"{checkpoints} (no verify or signing key is configured here)"
                 )
             return _unchecked(dsn)
-        vkey = parse_vkey(verifier_key(settings, private))
+        vkey = configured
     external = []
     if checkpoints is not None:
         notes = read_checkpoint_file(Path(checkpoints))

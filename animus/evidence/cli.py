@@ -82,17 +82,17 @@ def checkpoint_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def key_command(settings: Settings, args: argparse.Namespace) -> int:
     """Print the public key (vkey) that verifies this log's checkpoints."""
-    from animus.evidence.keys import dev_key_path, signing_key, verifier_key
+    from animus.evidence.keys import dev_key_path, verifier
     from animus.stack import resolve_services
 
     settings = resolve_services(settings)
-    key = signing_key(settings)
-    if key is None:
+    vkey = verifier(settings)
+    if vkey is None:
         raise NotFoundError(
             "no signing key: ANIMUS_CHECKPOINT_SIGNING_KEY is unset and no key "
             f"was generated at {dev_key_path(settings)} (start `animus up` first)"
         )
-    print(verifier_key(settings, key))
+    print(vkey)
     return 0
 
 

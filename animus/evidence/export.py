@@ -263,17 +263,17 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
 
     from animus.db import app_dsn
     from animus.errors import ConfigurationError
-    from animus.evidence.keys import signing_key, verifier_key
+    from animus.evidence.keys import verifier
     from animus.stack import resolve_services
 
     settings = resolve_services(settings)
-    key = signing_key(settings)
-    if key is None:
+    verifying = verifier(settings)
+    if verifying is None:
         raise ConfigurationError(
             "no checkpoint signing key yet: start the platform (animus up) so "
             "the checkpointer makes one and signs checkpoints"
         )
-    vkey = verifier_key(settings, key)
+    vkey = str(verifying)
     console = Console(stderr=True)
     started = time.monotonic()
     with console.status(f"exporting the evidence of run {args.run}") as status:

@@ -9,7 +9,13 @@ public key. In production an unset key stops the process: a key nobody
 kept makes every checkpoint unverifiable.
 
 The public key is published as a signed-note verifier key ("vkey",
-animus/evidence/note.py); its key id is the 8-hex key hash.
+animus/evidence/note.py); its key id is the 8-hex key hash. Processes that
+only verify (the gateway, `animus verify`, a bundle export's self-check)
+read it from `ANIMUS_CHECKPOINT_VERIFY_KEY`, so they need not hold the key
+that could forge checkpoints; without it they derive it from the signing
+key, as one development machine does. When both are set they must be one
+key pair, and the vkey's name must be `ANIMUS_CHECKPOINT_ORIGIN` (settings
+refuse either mismatch at load).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from cryptography.hazmat.primitives.serialization import (
 from animus.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from animus.evidence.note import VerifierKey
     from animus.settings import Settings
 
 __all__ = [
@@ -39,11 +46,13 @@ __all__ = [
     "dev_key_path",
     "parse_signing_key",
     "signing_key",
+    "verifier",
     "verifier_key",
 ]
 
 DEV_KEY_FILE = "checkpoint-signing.pem"
 SETTING = "ANIMUS_CHECKPOINT_SIGNING_KEY"
+VERIFY_SETTING = "ANIMUS_CHECKPOINT_VERIFY_KEY"
 
 
 def parse_signing_key(text: str) -> Ed25519PrivateKey:
@@ -82,11 +91,14 @@ def signing_key(
     """The configured key; in development the generated one (made if `create`).
 
     Returns None only in development, when no key was generated yet and
-    `create` is false.
+    `create` is false. A configured key was matched against
+    `ANIMUS_CHECKPOINT_VERIFY_KEY` when the settings loaded; a generated one
+    is matched here.
 
     Raises:
-        ConfigurationError: production without a key, or a key that does
-            not load (naming the setting or the file).
+        ConfigurationError: production without a key, a key that does
+            not load (naming the setting or the file), or a generated key
+            that is not the pair of ANIMUS_CHECKPOINT_VERIFY_KEY.
     """
     if settings.checkpoint_signing_key is not None:
         try:
@@ -104,9 +116,17 @@ def signing_key(
             return None
         _write_new_key(path)
     try:
-        return parse_signing_key(str(path))
+        key = parse_signing_key(str(path))
     except ValueError as exc:
         raise ConfigurationError(f"{SETTING} unset, and the generated {exc}") from None
+    configured = settings.checkpoint_verify_key
+    if configured is not None and verifier_key(settings, key) != configured:
+        raise ConfigurationError(
+            f"{VERIFY_SETTING} does not match the key generated at {path} "
+            f"({SETTING} unset): set {SETTING} to its pair, or unset "
+            f"{VERIFY_SETTING}"
+        )
+    return key
 
 
 def _write_new_key(path: Path) -> None:
@@ -128,6 +148,31 @@ def _write_new_key(path: Path) -> None:
         pass
     finally:
         scratch.unlink()
+
+
+def verifier(settings: Settings) -> VerifierKey | None:
+    """The vkey that verifies this log's checkpoints, for verify-only processes.
+
+    `ANIMUS_CHECKPOINT_VERIFY_KEY` when set (no signing key is read then);
+    otherwise derived from the signing key. Returns None only in
+    development, when neither is set and no key was generated yet.
+
+    Raises:
+        ConfigurationError: production with neither setting, or a signing
+            key that does not load.
+    """
+    from animus.evidence.note import parse_vkey
+
+    if settings.checkpoint_verify_key is not None:
+        return parse_vkey(settings.checkpoint_verify_key)  # checked at load
+    if settings.environment == "production" and settings.checkpoint_signing_key is None:
+        raise ConfigurationError(
+            f"{VERIFY_SETTING}: required when ANIMUS_ENVIRONMENT is production "
+            f"and {SETTING} is unset (the vkey that `animus evidence key` "
+            "prints where the signing key is)"
+        )
+    key = signing_key(settings)
+    return None if key is None else parse_vkey(verifier_key(settings, key))
 
 
 def verifier_key(settings: Settings, key: Ed25519PrivateKey) -> str:
