@@ -257,8 +257,15 @@ class Supervisor:
             "gateway_url": gateway_url(s),
             "processes": {n: c.process.pid for n, c in self.children.items()},
         }
+        # it names the embedded database's owner: readable by this user alone,
+        # and replaced whole so a reader never sees half of it
         path = stack_file(s)
-        path.write_text(json.dumps(info, indent=2) + "\n")
+        partial = path.with_name(path.name + ".partial")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(info, indent=2) + "\n")
+        os.replace(partial, path)
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Wait until our gateway (not another) answers /readyz with 200.

@@ -213,3 +213,14 @@ class TestSiemStream:
         before = {r["position"]: r for r in followed[0]}[after]
         assert_chained(records, bytes.fromhex(before["hash"]))
         assert exported(base_url, after)[: len(records)] == records
+
+
+def test_the_stack_file_is_readable_by_its_owner_alone(
+    base_url: str, env: dict[str, str]
+) -> None:
+    """It names the embedded database's owner role: no one else may read it."""
+    home = Path(env["ANIMUS_HOME"])
+    stack = home / "stack.json"
+    assert json.loads(stack.read_text())["gateway_url"] == base_url
+    assert stack.stat().st_mode & 0o777 == 0o600
+    assert not list(home.glob("stack.json.partial"))
