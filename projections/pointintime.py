@@ -118,15 +118,21 @@ class Point:
         return f"position {self.position} ({self.instant.isoformat()})"
 
 
-def parse_point(text: str, *, what: str, head_words: bool = False) -> int | datetime:
-    """A position, an instant with a zone, or (with `head_words`) -1 for head.
+def parse_point(
+    text: str, *, what: str, head_words: bool = False
+) -> int | datetime | None:
+    """A position, an instant with a zone, or (with `head_words`) None for head.
+
+    A position is returned as written, even negative: `resolve_point` refuses
+    it as out of range. (Head is None, not a number such as -1, so that no
+    position a caller writes can stand for the head.)
 
     Raises:
         PointError: malformed text (`malformed` is true).
     """
     value = text.strip()
     if head_words and value.lower() in HEAD_WORDS:
-        return -1
+        return None
     if re.fullmatch(r"[+-]?[0-9]+", value):
         return int(value)
     try:
@@ -180,11 +186,17 @@ async def resolve_point(
     assert row is not None
     head, now, first_after, genesis_at = int(row[0]), row[1], row[2], row[3]
     lowest = 0 if allow_genesis else 1
-    if isinstance(parsed, int):
-        position = head if parsed == -1 else parsed
+    if not isinstance(parsed, datetime):
+        position = head if parsed is None else parsed
+        if position < 0:
+            raise PointError(
+                f"{what}: position {position} is negative (positions start at 1)",
+                malformed=False,
+                field=what,
+            )
         if position < lowest:
             raise PointError(
-                f"{what}: position {parsed} is before the first event "
+                f"{what}: position {position} is before the first event "
                 "(positions start at 1)",
                 malformed=False,
                 field=what,

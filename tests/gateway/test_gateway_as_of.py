@@ -13,6 +13,8 @@ from gwtest import ALICE, Client, create_project, register_dataset, upload
 from gateway.asof import AS_OF_HEADER, require_permission
 from gateway.auth import Permission, Principal
 from gateway.errors import PermissionDenied
+from gateway.services import GatewayServices
+from projections.asof import snapshots
 
 
 async def test_a_read_as_of_a_past_position_answers_the_past(
@@ -91,6 +93,8 @@ async def test_a_project_not_yet_created_is_not_found_as_of_then(
         ("yesterday", 400, "neither a position nor an RFC 3339 timestamp"),
         ("2025-01-01T00:00:00", 400, "has no time zone"),
         ("0", 422, "before the first event"),
+        ("-1", 422, "position -1 is negative"),
+        ("-5", 422, "position -5 is negative"),
         ("999999999", 422, "beyond the head of the log"),
         ("2999-01-01T00:00:00Z", 422, "is in the future"),
         ("1990-01-01T00:00:00Z", 422, "before the first event"),
@@ -109,6 +113,22 @@ async def test_an_as_of_that_names_no_point_is_a_problem(
         assert problem["status"] == status
         assert words in problem["detail"]
         assert problem["detail"].startswith("as_of: ")
+
+
+async def test_a_negative_as_of_builds_no_snapshot(
+    client: Client, gateway_services: GatewayServices
+) -> None:
+    await create_project(client)
+    kept = await snapshots(gateway_services.pool)
+
+    answer = await client.get("/projects", params={"as_of": "-1"}, headers=ALICE)
+
+    assert answer.status_code == 422, answer.text
+    assert AS_OF_HEADER not in answer.headers
+    assert answer.json()["errors"] == [
+        {"field": "as_of", "message": answer.json()["detail"]}
+    ]
+    assert await snapshots(gateway_services.pool) == kept
 
 
 async def test_as_of_needs_a_token_like_any_read(client: Client) -> None:

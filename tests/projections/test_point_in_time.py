@@ -189,6 +189,8 @@ class TestReplayUntil:
             ("yesterday", "neither a position nor an RFC 3339", True),
             ("2025-01-01T00:00:00", "has no time zone", True),
             ("0", "before the first event", False),
+            ("-1", "position -1 is negative", False),
+            ("-5", "position -5 is negative", False),
             ("99999999", "beyond the head of the log", False),
             ("2999-01-01T00:00:00Z", "is in the future", False),
             ("2001-01-01T00:00:00+00:00", "before the first event (recorded at", False),
@@ -209,6 +211,15 @@ class TestReplayUntil:
 
 
 class TestDiff:
+    @pytest.mark.parametrize("point", ["-1", "-5"])
+    async def test_a_negative_position_is_refused_not_taken_for_the_head(
+        self, database: Database, history: dict[str, Any], point: str
+    ) -> None:
+        with pytest.raises(PointError, match=f"position {point} is negative"):
+            await diff(database.owner_dsn, "1", point)
+        with pytest.raises(PointError, match=f"position {point} is negative"):
+            await diff(database.owner_dsn, point, "head")
+
     async def test_the_diff_from_running_to_head_shows_the_cancellation(
         self, database: Database, history: dict[str, Any]
     ) -> None:

@@ -137,6 +137,15 @@ class TestUntil:
                 "RFC 3339 timestamp (e.g. 42 or 2025-01-31T12:00:00Z)",
             ),
             (
+                ["--until", "-1", "--into", "cli_x"],
+                "animus: replay: --until: position -1 is negative (positions "
+                "start at 1)",
+            ),
+            (
+                ["--diff", "-1", "2"],
+                "animus: replay: A: position -1 is negative (positions start at 1)",
+            ),
+            (
                 ["--until", "999999", "--into", "cli_x"],
                 "animus: replay: --until: position 999999 is beyond the head of "
                 "the log",
@@ -161,6 +170,11 @@ class TestUntil:
         assert done.returncode == 2
         assert one_line(done).startswith(line)
         assert done.stdout == ""
+        with psycopg.connect(database.owner_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = 'cli_x'"
+            ).fetchone()
+        assert row == (0,)
 
 
 class TestDiff:
