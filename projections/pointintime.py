@@ -355,7 +355,8 @@ async def replay_into(
 
     Raises:
         SchemaRefused: `schema` is not a plain identifier, is the platform's,
-            exists (without `replace`), or exists and is not a replay.
+            exists and is not a replay (with or without `replace`), or is a
+            replay and `replace` is not set.
         PointError: `until` names no prefix of the log.
         StoreError: the database failed.
     """
@@ -367,14 +368,14 @@ async def replay_into(
                 point = await resolve_point(conn, until, what="--until")
                 existing = await _schema_comment(conn, schema)
         replaced = existing is not None
-        if existing is not None and not replace:
-            raise SchemaRefused(
-                f"--into: schema {schema} exists; pass --replace to rebuild it"
-            )
         if existing is not None and not existing.startswith(REPLAY_COMMENT):
             raise SchemaRefused(
                 f"--into: schema {schema} exists and was not built by animus "
-                "replay; drop it yourself or choose another name"
+                "replay, so it will not be replaced; choose another name"
+            )
+        if existing is not None and not replace:
+            raise SchemaRefused(
+                f"--into: schema {schema} exists; pass --replace to rebuild it"
             )
         return await _build_and_swap(
             pool, point, schema, replaced, progress, batch_size

@@ -157,8 +157,15 @@ class TestReplayUntil:
             await conn.execute("CREATE SCHEMA pit_foreign")
             await conn.execute("CREATE TABLE pit_foreign.keep (x int)")
         try:
-            with pytest.raises(SchemaRefused, match="not built by animus replay"):
-                await replay_into(database.owner_dsn, "1", "pit_foreign", replace=True)
+            for replace in (False, True):
+                with pytest.raises(SchemaRefused) as caught:
+                    await replay_into(
+                        database.owner_dsn, "1", "pit_foreign", replace=replace
+                    )
+                assert caught.value.detail == (
+                    "--into: schema pit_foreign exists and was not built by animus "
+                    "replay, so it will not be replaced; choose another name"
+                )
             assert (
                 await _rows(database.owner_dsn, "SELECT * FROM pit_foreign.keep") == []
             )

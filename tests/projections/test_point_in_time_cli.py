@@ -117,6 +117,37 @@ class TestUntil:
         finally:
             _drop(dsn, "cli_s1")
 
+    def test_a_schema_of_the_users_is_refused_up_front_not_sent_to_replace(
+        self, tmp_path: Path, database: Database, events: int
+    ) -> None:
+        dsn = database.owner_dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA cli_mine")
+            conn.execute("CREATE TABLE cli_mine.keep (x int)")
+        try:
+            for extra in ([], ["--replace"]):
+                done = animus(
+                    tmp_path,
+                    "replay",
+                    "--until",
+                    "1",
+                    "--into",
+                    "cli_mine",
+                    *extra,
+                    ANIMUS_DATABASE_URL=dsn,
+                )
+                assert done.returncode == 2
+                assert one_line(done) == (
+                    "animus: replay: --into: schema cli_mine exists and was not "
+                    "built by animus replay, so it will not be replaced; choose "
+                    "another name"
+                )
+                assert done.stdout == ""
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT * FROM cli_mine.keep").fetchall() == []
+        finally:
+            _drop(dsn, "cli_mine")
+
     @pytest.mark.parametrize(
         ("args", "line"),
         [
