@@ -8,15 +8,21 @@ A connection is made in the background and retried every half second until
 it succeeds; after that the client reconnects by itself. A process that
 cannot work without the bus waits for it a bounded time (`connect_bus`); one
 that can serve without it (the gateway) goes on and reports not ready.
+
+`Bus.publish_batch` pipelines: it sends a batch's messages back to back on
+the one connection (the server handles them in that order) and then waits
+for all acknowledgements, so a batch costs one round trip, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +35,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -124,6 +131,65 @@ class PublishAck:
     duplicate: bool
 
 
+@dataclass(frozen=True, kw_only=True)
+class Outgoing:
+    """One message of a pipelined batch (`Bus.publish_batch`)."""
+
+    subject: str
+    payload: bytes
+    msg_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class _AckInbox:
+    """One reply subscription for every pipelined publish of a connection.
+
+    nats-py's own `publish_async` is not used: in 2.16 a publish the server
+    refuses (a wrong expected last sequence, say) leaves its future pending
+    for ever, because the reply handler raises instead of setting the error.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.waiting: dict[str, asyncio.Future[PublishAck | BusError]] = {}
+        self._tokens = itertools.count(1)
+
+    def expect(self) -> tuple[str, asyncio.Future[PublishAck | BusError]]:
+        token = str(next(self._tokens))
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[token] = future
+        return f"{self.prefix}.{token}", future
+
+    def forget(self, reply: str) -> None:
+        self.waiting.pop(reply.rsplit(".", 1)[1], None)
+
+    async def on_reply(self, msg: Msg) -> None:
+        future = self.waiting.pop(msg.subject.rsplit(".", 1)[1], None)
+        if future is not None and not future.done():
+            future.set_result(_ack_of(msg))
+
+
+def _ack_of(msg: Msg) -> PublishAck | BusError:
+    """A JetStream publish reply as the acknowledgement or the refusal."""
+    if msg.headers and msg.headers.get("Status") == "503":
+        return BusError("no JetStream stream takes this subject")
+    try:
+        answer = json.loads(msg.data)
+        if "error" in answer:
+            error = answer["error"]
+            return BusError(
+                f"JetStream refused the message: {error.get('description')} "
+                f"(err_code {error.get('err_code')})"
+            )
+        return PublishAck(
+            stream=answer["stream"],
+            seq=int(answer["seq"]),
+            duplicate=bool(answer.get("duplicate")),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        return BusError(f"unreadable JetStream acknowledgement: {exc}")
+
+
 class Bus:
     """One NATS connection with its JetStream context."""
 
@@ -134,6 +200,7 @@ class Bus:
         self.closing = False
         self.failures = 0  # failed attempts since the last success
         self._connecting: asyncio.Task[None] | None = None
+        self._acks: _AckInbox | None = None
 
     async def connected(self, timeout: float | None = None) -> None:
         """Wait until the first connection is made, at most `timeout` seconds.
@@ -194,6 +261,77 @@ class Bus:
         except nats.errors.Error as exc:
             raise BusError(f"publish to {subject} failed: {exc}") from exc
         return PublishAck(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def publish_batch(
+        self, messages: Sequence[Outgoing], *, timeout: float = 10
+    ) -> list[PublishAck | BusError]:
+        """Send every message, then wait for all acknowledgements.
+
+        One outcome per message, in order: its acknowledgement, or the
+        BusError that stands for it (refused by the server; or not answered
+        within `timeout` seconds, or not sent: stored or not, unknown).
+        Nothing is raised for a single message; the caller decides what a
+        partial batch means.
+        """
+        try:
+            if self._acks is None:
+                acks = _AckInbox(self.nc.new_inbox())
+                await self.nc.subscribe(f"{acks.prefix}.*", cb=acks.on_reply)
+                self._acks = acks
+        except nats.errors.Error as exc:
+            failed = BusError(f"cannot subscribe to acknowledgements: {exc}")
+            return [failed] * len(messages)
+        acks = self._acks
+        futures: list[asyncio.Future[PublishAck | BusError]] = []
+        unsent: BusError | None = None
+        try:
+            for message in messages:
+                reply, future = acks.expect()
+                try:
+                    await self.nc.publish(
+                        message.subject,
+                        message.payload,
+                        reply=reply,
+                        headers={**message.headers, "Nats-Msg-Id": message.msg_id},
+                    )
+                except nats.errors.Error as exc:
+                    acks.forget(reply)
+                    unsent = BusError(f"publish to {message.subject} failed: {exc}")
+                    break
+                futures.append(future)
+            if futures:
+                await asyncio.wait(futures, timeout=timeout)
+        finally:
+            for future in futures:
+                future.cancel()  # no-op on an answered one
+            acks.waiting = {
+                token: future
+                for token, future in acks.waiting.items()
+                if not future.done()
+            }
+        silent = BusError(f"no acknowledgement within {timeout:g}s")
+        outcomes = [
+            future.result() if not future.cancelled() else silent for future in futures
+        ]
+        lost = unsent or BusError("not sent")
+        return outcomes + [lost] * (len(messages) - len(outcomes))
+
+    async def last_stored(self, stream: str) -> RawStreamMsg | None:
+        """The stream's last message; None when the stream is empty or its
+        last message was deleted.
+
+        Raises:
+            BusError: JetStream did not answer.
+        """
+        try:
+            info = await self.js.stream_info(stream)
+            if not info.state.messages:
+                return None
+            return await self.js.get_msg(stream, seq=info.state.last_seq)
+        except JsNotFound:
+            return None
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot read the end of stream {stream}: {exc}") from exc
 
     async def pull_consumer(
         self,
