@@ -14,7 +14,9 @@ the segments pydantic adds to a location for the members of a union, so
 
     AnimusError (animus.errors)
     ├── BadRequest                the body is not acceptable JSON (400)
-    │   └── UploadInterrupted     the client stopped sending the body (400)
+    │   ├── UploadInterrupted     the client stopped sending the body (400)
+    │   └── InvalidParameter      a query or header parameter missing,
+    │                             malformed, out of range or repeated (400)
     ├── Unauthenticated           no or unknown bearer token (401)
     ├── PermissionDenied          the route or the role refuses (403)
     ├── NotReady                  a dependency is down (503)
@@ -74,6 +76,18 @@ class UploadInterrupted(BadRequest):
     title = "Upload interrupted"
 
 
+class InvalidParameter(BadRequest):
+    """A query or header parameter refused; `errors` name each parameter."""
+
+    title = "Invalid parameter"
+
+    def __init__(
+        self, detail: str, *, errors: Sequence[Mapping[str, str]] = ()
+    ) -> None:
+        super().__init__(detail)
+        self.errors = [dict(error) for error in errors]
+
+
 class Unauthenticated(AnimusError):
     title = "Authentication required"
 
@@ -129,6 +143,7 @@ class ProblemKind:
 PROBLEMS: dict[type[Exception], ProblemKind] = {
     BadRequest: ProblemKind(400, "bad-request"),
     UploadInterrupted: ProblemKind(400, "upload-interrupted"),
+    InvalidParameter: ProblemKind(400, "invalid-parameter"),
     Unauthenticated: ProblemKind(401, "unauthenticated"),
     PermissionDenied: ProblemKind(403, "permission-denied"),
     NotFoundError: ProblemKind(404, "not-found"),
@@ -172,7 +187,6 @@ TITLES: dict[str, str] = {
     "method-not-allowed": "Method not allowed",
     "unsupported-media-type": "Unsupported media type",
     "too-many-requests": "Too many requests",
-    "invalid-parameter": "Invalid parameter",
 }
 """One title per problem type, whoever raised it (our code or Litestar's);
 a 5xx type not named here is titled by its status, as its detail is fixed."""
@@ -206,7 +220,7 @@ def _extras(exc: Exception) -> dict[str, Any]:
         return {"headers": {"WWW-Authenticate": challenge}}
     if isinstance(exc, NotReady):
         return {"extra": {"checks": exc.checks}}
-    if isinstance(exc, InvalidBody):
+    if isinstance(exc, InvalidBody | InvalidParameter):
         return {"extra": {"errors": exc.errors}}
     if isinstance(exc, ValidationError) and exc.field is not None:
         return {"extra": {"errors": [{"field": exc.field, "message": exc.detail}]}}
@@ -267,7 +281,26 @@ _HTTP_SLUGS = {
 
 
 def _from_validation(exc: ValidationException) -> ProblemDetailsException:
-    """Path errors mean no such resource; query errors 400; body errors 422."""
+    """Path errors mean no such resource; query errors 400; body errors 422.
+
+    A missing required parameter is a 400 too. Litestar says so only in its
+    message (`Missing required query parameter 'position' for path ...`,
+    with no `extra`), raised from the KeyError of the parameter's name; that
+    message is read here, never echoed (it repeats the query string).
+    """
+    missing = _missing_parameter(exc)
+    if missing is not None:
+        source, name = missing
+        if source == "path":
+            return _problem(ProblemKind(404, "not-found"), "no resource at this path")
+        return to_problem(
+            InvalidParameter(
+                f"missing parameter: {name}",
+                errors=[
+                    {"field": name, "message": f"the {source} parameter is required"}
+                ],
+            )
+        )
     items = [item for item in exc.extra or [] if isinstance(item, Mapping)]
     sources = {_source_of(item) for item in items}
     if sources == {"path"}:
@@ -275,10 +308,11 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
     if sources & {"query", "header", "cookie"}:
         errors = _litestar_errors(items)
         names = ", ".join(sorted({error["field"] for error in errors} - {""}))
-        return _problem(
-            ProblemKind(400, "invalid-parameter"),
-            f"invalid parameter: {names}" if names else "a parameter is invalid",
-            extra={"errors": errors},
+        return to_problem(
+            InvalidParameter(
+                f"invalid parameter: {names}" if names else "a parameter is invalid",
+                errors=errors,
+            )
         )
     raw = getattr(exc.__cause__, "errors", None)
     if _is_pydantic_errors(raw):
@@ -290,6 +324,24 @@ def _from_validation(exc: ValidationException) -> ProblemDetailsException:
         "the request body does not validate",
         extra={"errors": errors},
     )
+
+
+_MISSING = re.compile(
+    r"^Missing required (?P<source>[a-z]+) parameter (?P<quote>['\"])(?P<name>.*?)"
+    r"(?P=quote) for "
+)
+"""Litestar's message for a required parameter the request lacks."""
+
+
+def _missing_parameter(exc: ValidationException) -> tuple[str, str] | None:
+    """(source, name) of the required parameter the request lacks, if that
+    is what `exc` says."""
+    match = _MISSING.match(str(exc.detail))
+    if match is None:
+        return None
+    cause = exc.__cause__
+    name = str(cause.args[0]) if isinstance(cause, KeyError) and cause.args else ""
+    return match["source"], _printable(name or match["name"])
 
 
 def _litestar_errors(items: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
