@@ -43,6 +43,7 @@ from gateway.auth import (
 from gateway.context import RequestContextMiddleware
 from gateway.errors import problem_details_plugin
 from gateway.limits import check_json_body
+from gateway.params import all_of, refuse_repeated_parameters
 from gateway.routing import provide_services, provide_settings
 from gateway.services import GatewayServices, open_services
 
@@ -73,7 +74,7 @@ def create_app(
         },
         guards=[PermissionGuard(DevTokenAuthenticator(settings.dev_tokens))],
         middleware=[RequestContextMiddleware()],
-        before_request=check_json_body,
+        before_request=all_of(refuse_repeated_parameters, check_json_body),
         request_max_body_size=settings.max_body_bytes,
         plugins=[problem_details_plugin()],
         openapi_config=openapi_config(),
