@@ -12,8 +12,10 @@ first use and reused (projections/asof.py explains the build, its cost, the
 bound `ANIMUS_AS_OF_SNAPSHOTS` and the app role's narrow path to create
 it); the timeline reads the log itself, up to P.
 
-A malformed `as_of` answers 400; one before the first event, beyond the
-head, or in the future answers 422; both name the parameter.
+A malformed `as_of` answers 400 (so does a repeated one: gateway/params.py);
+a negative one, or one before the first event, beyond the head, or in the
+future answers 422; both name the parameter. Nothing is built for a refused
+`as_of`.
 """
 
 from __future__ import annotations
