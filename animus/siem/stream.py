@@ -28,6 +28,8 @@ one is stored and the chain has a start again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -154,6 +156,18 @@ async def head_position(conn: AsyncConnection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+_Ahead = tuple[int, int, "asyncio.Task[list[AuditRecord]]"]
+"""The next batch being read: after, limit, and the read."""
+
+
+async def _discard(ahead: _Ahead | None) -> None:
+    if ahead is None:
+        return
+    ahead[2].cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await ahead[2]
+
+
 @dataclass(frozen=True)
 class StreamEnd:
     """The stream's last message is this log's record at `position`, stored
@@ -186,10 +200,32 @@ class AuditPublisher(LogFollower[AuditRecord]):
         self._bus = bus
         self._ack_timeout = ack_timeout
         self.end: StreamEnd | None = None  # None: read it from the stream
+        self._ahead: _Ahead | None = None
 
     async def _read(self, after: int, limit: int) -> list[AuditRecord]:
+        # a full batch: read the next one while this one's acks come back
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == after and ahead[1] == limit:
+            items = await ahead[2]
+        else:
+            await _discard(ahead)
+            items = await self._fetch(after, limit)
+        if len(items) == limit:
+            task = asyncio.create_task(self._fetch(items[-1].position, limit))
+            self._ahead = (items[-1].position, limit, task)
+        return items
+
+    async def _fetch(self, after: int, limit: int) -> list[AuditRecord]:
         async with self._pool.connection() as conn:
-            return await read_records(conn, after=after, limit=limit)
+            items = await read_records(conn, after=after, limit=limit)
+        for item in items:
+            _ = item.line  # encoded here, while the loop would wait anyway
+        return items
+
+    async def stop(self) -> None:
+        await super().stop()
+        ahead, self._ahead = self._ahead, None
+        await _discard(ahead)
 
     async def _deliver(self, items: Sequence[AuditRecord]) -> None:
         if self.end is None:
