@@ -37,6 +37,9 @@ NDJSON_MEDIA_TYPE = "application/x-ndjson"
 BATCH_SIZE = 1000
 POLL_SECONDS = 0.25
 HEARTBEAT_SECONDS = 15.0
+MAX_LIMIT = 1_000_000
+"""The largest `limit`; unset, the export has no limit (records come in
+batches, so memory stays bounded either way)."""
 EVENT_TYPE_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,127}$"
 PROJECT_FILTER_PATTERN = f"(?:{IDENTIFIER_PATTERN})|^{PLATFORM_TOKEN}$"
 
@@ -60,14 +63,18 @@ ProjectFilter = Annotated[
 TypeFilter = Annotated[
     str | None,
     QueryParameter(
-        name="type",
         pattern=EVENT_TYPE_PATTERN,
         description="Only events of this type (e.g. RunCanceled)",
     ),
 ]
 RecordLimit = Annotated[
     int | None,
-    QueryParameter(ge=1, description="Stop after this many records (unset: all)"),
+    QueryParameter(
+        ge=1,
+        le=MAX_LIMIT,
+        description=f"Stop after this many records, at most {MAX_LIMIT} "
+        "(unset: all)",
+    ),
 ]
 Follow = Annotated[
     bool,
@@ -87,7 +94,7 @@ async def export_audit_events(
     services: Services,
     after: After = 0,
     project: ProjectFilter = None,
-    event_type: TypeFilter = None,
+    type: TypeFilter = None,  # the query's name: refusals name it as sent
     limit: RecordLimit = None,
     follow: Follow = False,
 ) -> Stream:
@@ -110,7 +117,7 @@ async def export_audit_events(
         services,
         after=after,
         project=project,
-        event_type=event_type,
+        event_type=type,
         limit=limit,
         follow=follow,
     )

@@ -22,6 +22,7 @@ from litestar import Litestar
 from animus.embedded import free_port
 from animus.settings import Settings
 from animus.siem import ChainChecker
+from gateway.audit import MAX_LIMIT
 from gateway.server import _Server, bind_socket, server_config
 
 SCHEMA = json.loads(
@@ -133,6 +134,32 @@ class TestRefusals:
         answer = await client.get("/audit/events", params=params, headers=ALICE)
         assert answer.status_code == 400, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
+
+    @pytest.mark.parametrize(
+        ("params", "field"),
+        [
+            ({"type": "a.b"}, "type"),
+            ({"project": "Not.A.Project"}, "project"),
+            ({"limit": 99999999999999999999}, "limit"),
+            ({"limit": MAX_LIMIT + 1}, "limit"),
+        ],
+    )
+    async def test_a_refused_parameter_is_named_as_in_the_query(
+        self, client: Client, params: dict[str, Any], field: str
+    ) -> None:
+        answer = await client.get("/audit/events", params=params, headers=ALICE)
+        assert answer.status_code == 400, answer.text
+        problem = answer.json()
+        assert [error["field"] for error in problem["errors"]] == [field]
+        assert problem["detail"] == f"invalid parameter: {field}"
+
+    async def test_the_largest_limit_is_taken(
+        self, client: Client, log: dict[str, Any]
+    ) -> None:
+        answer = await client.get(
+            "/audit/events", params={"limit": MAX_LIMIT}, headers=ALICE
+        )
+        assert len(lines_of(answer)) >= 4
 
     async def test_a_cursor_beyond_the_head_is_refused(
         self, client: Client, head: Any
