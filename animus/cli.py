@@ -7,7 +7,9 @@ kernel stays free of imports from the units it launches.
 Whatever goes wrong ends in one plain line on stderr: a wrong command line or
 setting (exit 2), a service or check that failed (exit 1), and, as a last
 resort, an unexpected error, whose traceback goes to `<home>/logs/errors.log`
-rather than to the terminal.
+rather than to the terminal. A reader that stops early (`animus verify | head
+-1`) ends the command quietly with 141, as a shell shows a writer stopped by
+SIGPIPE.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import importlib
 import json
 import os
 import re
+import select
 import sys
 import time
 import traceback
@@ -427,6 +430,32 @@ def _platform_error(exc: BaseException) -> AnimusError | None:
     return None
 
 
+def _closed_stdout(exc: BaseException) -> bool:
+    """Whether `exc` is stdout's reader having gone (`animus verify | head
+    -1`), not some other pipe or socket: a pipe without readers polls as an
+    error (where poll is missing, any broken pipe counts)."""
+    if not isinstance(exc, BrokenPipeError):
+        if isinstance(exc, BaseExceptionGroup):
+            return any(_closed_stdout(inner) for inner in exc.exceptions)
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):
+        return True
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _quiet_stdout() -> int:
+    """Python's documented answer to a closed stdout: point it at devnull so
+    the flush at exit cannot fail again, and end as a shell shows a writer
+    killed by SIGPIPE (128 + 13), with nothing said: the reader chose to stop."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
@@ -439,16 +468,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "evidence" and args.evidence_command == "verify":
             # offline by design: no settings, no database, no network
-            return int(_load(EVIDENCE_COMMANDS["verify"])(None, args))
-        settings = load_settings()
-        if args.command not in PROCESSES:
-            from animus.telemetry import configure_logging
+            code = int(_load(EVIDENCE_COMMANDS["verify"])(None, args))
+        else:
+            settings = load_settings()
+            if args.command not in PROCESSES:
+                from animus.telemetry import configure_logging
 
-            # operator tools keep stdout for their answer and log only what
-            # went wrong, to stderr (`up` and the demo set their own level)
-            level = "error" if settings.log_level == "error" else "warning"
-            configure_logging(level=level, fmt=settings.log_format)
-        return _dispatch(args, settings)
+                # operator tools keep stdout for their answer and log only
+                # what went wrong, to stderr (`up` and the demo set their own)
+                level = "error" if settings.log_level == "error" else "warning"
+                configure_logging(level=level, fmt=settings.log_format)
+            code = _dispatch(args, settings)
+        sys.stdout.flush()  # a closed pipe fails here, not at exit
+        return code
     except TransientStoreError as exc:
         err.print(
             f"animus: {exc.detail}{_database_hint()}", markup=False, soft_wrap=True
@@ -457,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last resort: one line
+        if _closed_stdout(exc):
+            return _quiet_stdout()
         ours = _platform_error(exc)
         if ours is None:
             err.print(

@@ -430,3 +430,57 @@ class TestOperatorTools:
         lines = done.stdout.splitlines()
         assert lines[-1].startswith(last)
         assert all(line.strip() for line in lines), done.stdout
+
+
+def closed_pipe_run(
+    tmp_path: Path, argv: list[str], **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`argv` with stdout a pipe whose reader has already gone, as when
+    `| head -1` has read its line: every write to it fails with EPIPE."""
+    read, write = os.pipe()
+    os.close(read)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANIMUS_")}
+    try:
+        return subprocess.run(
+            [sys.executable, *argv],
+            env={**clean, "ANIMUS_HOME": str(tmp_path), **env},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+
+
+PRINTING = """
+import sys
+from animus import cli
+def dispatch(args, settings):
+    for _ in range({lines}):
+        print("a line of output")
+    return 0
+cli._dispatch = dispatch
+sys.exit(cli.main(["verify"]))
+"""
+
+
+class TestClosedStdout:
+    """`animus ... | head -1`: a reader that stops early ends the command
+    quietly with 141 (128 + SIGPIPE, what a shell shows for a killed
+    writer), not with an internal error."""
+
+    @pytest.mark.parametrize("lines", [1, 100_000])
+    def test_any_command_stops_quietly(self, tmp_path: Path, lines: int) -> None:
+        # 1 line fails when stdout is flushed at the end; 100 000 on the way
+        done = closed_pipe_run(tmp_path, ["-c", PRINTING.format(lines=lines)])
+        assert done.returncode == 141
+        assert done.stderr == ""
+        assert not (tmp_path / "logs" / "errors.log").exists()
+
+    def test_verify_stops_quietly(self, tmp_path: Path, fresh_database: str) -> None:
+        done = closed_pipe_run(
+            tmp_path, ["-m", "animus", "verify"], ANIMUS_DATABASE_URL=fresh_database
+        )
+        assert done.returncode == 141
+        assert done.stderr == ""
