@@ -165,12 +165,14 @@ def _siem_parser(sub: Any) -> None:
         "reported on stderr (exit 1)",
     )
     follow.add_argument(
-        "--from",
+        "--after",
+        "--from",  # its first name, which read as "starting at": deprecated
         dest="after",
         type=int,
         default=0,
         metavar="POSITION",
-        help="start after this position (a new consumer only)",
+        help="print the records after this position, not including it (a new "
+        "consumer only; --from is a deprecated alias)",
     )
     follow.add_argument("--project", help="only this project (_platform: none)")
     follow.add_argument("--type", help="only this event type")

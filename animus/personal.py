@@ -518,6 +518,24 @@ def _profile(key: SubjectKey, name: str, email: str | None) -> dict[str, Any]:
     return profile
 
 
+async def erased_at_of(pool: AsyncConnectionPool, subject: str) -> datetime | None:
+    """When a subject was erased, or None while it lives; changes nothing.
+
+    Raises:
+        NotFoundError: no such subject.
+    """
+    with translate_db_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT erased_at FROM subject_keys WHERE subject = %s", (subject,)
+            )
+            row = await cur.fetchone()
+    if row is None:
+        raise NotFoundError(f"subject {subject} does not exist")
+    erased_at: datetime | None = row[0]
+    return erased_at
+
+
 async def erase_subject_key(pool: AsyncConnectionPool, subject: str) -> Erasure:
     """Destroy a subject's key; needs no master key (an operator's tool).
 

@@ -314,8 +314,13 @@ class ErasureReceipt(ApiModel):
         description="True when the subject was erased before this request"
     )
     position: int | None = Field(description="Log position of the SubjectErased event")
+    repaired: bool = Field(
+        default=False,
+        description="This request completed an erasure a failure had left half "
+        "done: the SubjectErased event was missing, or the key was still there",
+    )
     vacuumed: bool = Field(
         description="subject_keys was rewritten (VACUUM FULL) so the destroyed "
-        "key lingers in no dead tuple; false when the owner role is not "
-        "configured here"
+        "key lingers in no dead tuple (on every request, so a retry finishes "
+        "an interrupted one); false when the owner role is not configured here"
     )

@@ -5,8 +5,10 @@ and/or event type (`audit_filter`). A named (durable) consumer keeps its
 place on the server: a subscriber that disconnects and comes back gets
 every record it missed, once, in order. A new consumer starts after a
 position: the stream sequence to start from is found by bisection over
-the stream (records are in position order), so `--from` costs a few
-lookups, not a replay.
+the stream (records are in position order), so `--after` costs a few
+lookups, not a replay. A cursor beyond the log's head is refused, as the
+HTTP export refuses it: it comes from another log (a restored or replaced
+database), and waiting after it would hide that.
 
 Each record is checked with `ChainChecker` (animus/siem/record.py); the
 command prints the records as NDJSON on stdout and one plain line on
@@ -43,6 +45,7 @@ from animus.siem.record import ChainChecker
 from contracts.bus import AUDIT_PREFIX, AUDIT_STREAM, audit_filter
 
 __all__ = [
+    "check_options",
     "consumer_exists",
     "follow_command",
     "follow_records",
@@ -54,6 +57,72 @@ log = structlog.get_logger(__name__)
 
 ACK_WAIT_SECONDS = 60.0
 FETCH_BATCH = 256
+MAX_CONSUMER_NAME = 255
+"""The longest consumer name nats-server takes (JSMaxNameLen)."""
+_NOT_IN_NAMES = frozenset(".*>/\\")
+
+
+def check_options(
+    *, after: int, durable: str | None, idle_seconds: float | None
+) -> None:
+    """Refuse what JetStream or the follower could not use, before connecting.
+
+    A durable name follows NATS's rules for consumer names: printable, no
+    whitespace, none of `.` `*` `>` (subject tokens) or `/` `\\` (it names
+    a folder on the server), at most 255 characters.
+
+    Raises:
+        ConfigurationError: one option is wrong, named as on the command line.
+    """
+    if after < 0:
+        raise ConfigurationError("--after: must be a position, 0 or more")
+    if idle_seconds is not None and not idle_seconds >= 0:  # NaN too
+        raise ConfigurationError("--idle-exit: must be 0 seconds or more")
+    if durable is not None and not _is_consumer_name(durable):
+        raise ConfigurationError(
+            f"--durable: {durable!r} is not a NATS consumer name: 1 to "
+            f"{MAX_CONSUMER_NAME} printable characters without spaces, "
+            "'.', '*', '>', '/' or '\\'"
+        )
+
+
+def _is_consumer_name(name: str) -> bool:
+    return (
+        0 < len(name) <= MAX_CONSUMER_NAME
+        and name.isprintable()
+        and not any(c.isspace() or c in _NOT_IN_NAMES for c in name)
+    )
+
+
+async def log_head(settings: Settings, bus: Bus) -> int | None:
+    """The position of the log's last event, as far as this follower can see.
+
+    From the database when one is set (the HTTP export's check: the stream
+    may lag it); else the last record in the stream, all that a subscriber
+    with only the bus sees. None when the stream's last message was deleted
+    (the head is then unknown).
+
+    Raises:
+        TransientStoreError: the database does not answer.
+        BusError: JetStream did not answer.
+    """
+    if settings.database_url or settings.app_database_url:
+        from psycopg import AsyncConnection
+
+        from animus.db import app_dsn, translate_db_errors
+        from animus.siem.stream import head_position
+
+        with translate_db_errors():
+            conn = await AsyncConnection.connect(app_dsn(settings), autocommit=True)
+        async with conn:
+            return await head_position(conn)
+    try:
+        state = (await bus.js.stream_info(AUDIT_STREAM)).state
+    except nats.errors.Error as exc:
+        raise BusError(f"cannot read stream {AUDIT_STREAM}: {exc}") from exc
+    if not state.last_seq:
+        return 0
+    return await _position_from(bus, state.last_seq)
 
 
 async def start_sequence(bus: Bus, after: int) -> int:
@@ -188,10 +257,9 @@ async def follow(
     err: IO[str],
 ) -> int:
     """Print records as NDJSON and findings as plain lines; 1 if any."""
+    check_options(after=after, durable=durable, idle_seconds=idle_seconds)
     if not settings.nats_url:
         raise ConfigurationError("ANIMUS_NATS_URL: no NATS server to follow")
-    if after < 0:
-        raise ConfigurationError("--from: must be a position, 0 or more")
     filtered = project_id is not None or event_type is not None
     found = 0
     bus = await connect_bus(
@@ -202,6 +270,13 @@ async def follow(
         # a resumed consumer starts where it stopped, not after `after`
         resumed = durable is not None and await consumer_exists(bus, durable)
         start = None if resumed or not after else after
+        if start is not None:
+            head = await log_head(settings, bus)
+            if head is not None and start > head:
+                raise ConfigurationError(
+                    f"--after {start} is beyond the log's head (position "
+                    f"{head}); this cursor comes from another log"
+                )
         checker = ChainChecker(after=start, contiguous=not filtered)
         sub = await subscribe(
             bus,
@@ -229,6 +304,7 @@ def follow_command(settings: Settings, args: argparse.Namespace) -> int:
     """`animus siem follow`: run until Ctrl-C (or --idle-exit)."""
     from animus.stack import resolve_services
 
+    check_options(after=args.after, durable=args.durable, idle_seconds=args.idle_exit)
     try:
         return asyncio.run(
             follow(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,17 @@ from psycopg import sql
 from structlog.testing import capture_logs
 
 from animus.bus import Bus
-from animus.personal import ACTOR_EMAIL, CLIENT_ADDRESS, ERASED, is_subject
+from animus.eventstore import NewEvent
+from animus.personal import (
+    ACTOR_EMAIL,
+    CLIENT_ADDRESS,
+    ERASED,
+    erase_subject_key,
+    is_subject,
+)
 from animus.relay import Relay
-from contracts.streams import subject_stream
+from contracts.events import SubjectErased
+from contracts.streams import SUBJECT_STREAM_TYPE, subject_stream
 from gateway.services import GatewayServices
 
 Client = httpx.AsyncClient
@@ -268,10 +278,53 @@ class TestErasure:
         assert answer.json()["detail"] == f"subject {UNKNOWN} does not exist"
         read = await client.get(f"/personal-data/subjects/{UNKNOWN}", headers=OPERATOR)
         assert read.status_code == 404
-        malformed = await client.post(
-            "/personal-data/subjects/alice/erasure", headers=OPERATOR
+
+    async def test_a_refused_reason_changes_nothing_on_the_api(
+        self, client: Client, gateway_services: GatewayServices
+    ) -> None:
+        subject = await _subject_of_caller(client, OLAF, "api-reason")
+        answer = await client.post(
+            f"/personal-data/subjects/{subject}/erasure",
+            json={"reason": "x" * 201},
+            headers=OPERATOR,
         )
-        assert malformed.status_code == 422, malformed.text
+        assert answer.status_code == 422, answer.text
+        assert [e["field"] for e in answer.json()["errors"]] == ["reason"]
+        await _assert_untouched(client, gateway_services, subject)
+
+    async def test_a_retry_completes_an_erasure_recorded_before_its_key_went(
+        self, client: Client, gateway_services: GatewayServices, fresh_database: str
+    ) -> None:
+        # a crash between the two steps: the event is in the log, the key lives
+        subject = await _subject_of_caller(client, OLAF, "recorded-first")
+        recorded = await gateway_services.store.append(
+            [
+                NewEvent(
+                    stream_type=SUBJECT_STREAM_TYPE,
+                    stream_id=subject_stream(subject),
+                    project_id=None,
+                    event=SubjectErased(subject=subject, reason="crashed"),
+                )
+            ],
+            expected_versions={subject_stream(subject): 0},
+            metadata={"actor": "test"},
+        )
+        filenode = relation_filenode(fresh_database)
+        answer = await client.post(
+            f"/personal-data/subjects/{subject}/erasure", headers=OPERATOR
+        )
+        assert answer.status_code == 200, answer.text
+        receipt = answer.json()
+        assert receipt["position"] == recorded[0].position
+        assert (receipt["already_erased"], receipt["repaired"]) == (False, True)
+        assert receipt["vacuumed"] is True
+        assert relation_filenode(fresh_database) != filenode  # rewritten
+        profile = await client.get(
+            f"/personal-data/subjects/{subject}", headers=OPERATOR
+        )
+        assert profile.json()["email"] == "erased"
+        stream = await gateway_services.store.read_stream(subject_stream(subject))
+        assert [e.position for e in stream] == [recorded[0].position]
 
 
 class TestEraseSubjectCommand:
@@ -308,6 +361,85 @@ class TestEraseSubjectCommand:
 
         answer = await client.get(f"/personal-data/subjects/{subject}", headers=OLAF)
         assert answer.json()["email"] == "erased"
+
+    async def test_a_refused_reason_changes_nothing(
+        self,
+        client: Client,
+        gateway_services: GatewayServices,
+        fresh_database: str,
+        home: Path,
+    ) -> None:
+        subject = await _subject_of_caller(client, OLAF, "cli-reason")
+        refused = await asyncio.to_thread(
+            animus,
+            home,
+            fresh_database,
+            "erase-subject",
+            subject,
+            "--reason",
+            "x" * 201,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stdout == ""
+        assert refused.stderr.strip() == (
+            "animus: --reason: at most 200 characters (this one has 201); "
+            "it is kept in the log for ever"
+        )
+        await _assert_untouched(client, gateway_services, subject)
+
+    async def test_a_retry_records_the_missing_event_and_vacuums(
+        self,
+        client: Client,
+        gateway_services: GatewayServices,
+        fresh_database: str,
+        home: Path,
+    ) -> None:
+        # a key destroyed without its event (an older version, or by hand)
+        subject = await _subject_of_caller(client, OLAF, "key-first")
+        await erase_subject_key(gateway_services.pool, subject)
+        filenode = relation_filenode(fresh_database)
+        done = await asyncio.to_thread(
+            animus, home, fresh_database, "erase-subject", subject, "--json"
+        )
+        assert done.returncode == 0, done.stderr
+        receipt = json.loads(done.stdout)
+        assert (receipt["already_erased"], receipt["repaired"]) == (True, True)
+        assert receipt["vacuumed"] is True
+        assert relation_filenode(fresh_database) != filenode  # rewritten
+        stream = await gateway_services.store.read_stream(subject_stream(subject))
+        assert [(e.type, e.position) for e in stream] == [
+            ("SubjectErased", receipt["position"])
+        ]
+
+        again = await asyncio.to_thread(
+            animus, home, fresh_database, "erase-subject", subject
+        )
+        assert again.returncode == 0, again.stderr
+        when = datetime.fromisoformat(receipt["erased_at"])
+        assert again.stdout.strip() == (
+            f"subject {subject} was already erased at "
+            f"{when.isoformat(timespec='seconds')}; SubjectErased at position "
+            f"{receipt['position']}; subject_keys vacuumed"
+        )
+
+
+async def _assert_untouched(
+    client: Client, services: GatewayServices, subject: str
+) -> None:
+    """The subject lives on: key, profile, and no SubjectErased event."""
+    profile = await client.get(f"/personal-data/subjects/{subject}", headers=OPERATOR)
+    assert profile.status_code == 200, profile.text
+    assert profile.json()["erased"] is False
+    assert profile.json()["email"] == OTHER_EMAIL
+    assert await services.store.read_stream(subject_stream(subject)) == []
+
+
+def relation_filenode(dsn: str) -> int:
+    """The file `subject_keys` lives in: VACUUM FULL writes a new one."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_relation_filenode('subject_keys')").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _subject_of(metadata: dict[str, Any]) -> str | None:
