@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from litestar import Request, get, post
 from litestar.params import JSONBody, PathParameter
 
+from animus.errors import NotFoundError
 from animus.personal import (
     ACTOR_NAME,
     SUBJECT_PATTERN,
@@ -39,8 +40,27 @@ from gateway.routing import Services, command_context, problems
 
 Subject = Annotated[
     str,
-    PathParameter(pattern=SUBJECT_PATTERN, description="Pseudonymous subject id"),
+    PathParameter(
+        description="Pseudonymous subject id",
+        # documented, and checked by `_known_form` rather than by Litestar: a
+        # POST's path errors came out as 422 invalid-body while the GET's
+        # were 404; a malformed id is no such subject on both (404)
+        schema_extra={"pattern": SUBJECT_PATTERN},
+    ),
 ]
+
+
+def _known_form(subject: str) -> str:
+    """`subject`, if it has a subject id's form.
+
+    Raises:
+        NotFoundError: it does not: there is no such subject.
+    """
+    if not is_subject(subject):
+        raise NotFoundError(
+            "no such subject: a subject id is subj_ and 32 lower-case hex digits"
+        )
+    return subject
 
 
 def _text(value: str | Erased | None) -> str | None:
@@ -108,7 +128,7 @@ async def open_timeline_actors(
 )
 async def get_subject(services: Services, subject: Subject) -> SubjectProfile:
     """A data subject's name and email, opened now; `erased` once erased."""
-    profile = await services.subjects.profile(subject)
+    profile = await services.subjects.profile(_known_form(subject))
     return SubjectProfile(
         subject=profile.subject,
         name=_text(profile.name),
@@ -134,13 +154,15 @@ async def erase(
     """Erase a data subject: destroy their key, so every sealed field of
     theirs (names, emails, client addresses) reads as erased for ever, and
     record a SubjectErased event. Erasing again changes nothing and says so
-    (`already_erased`). The reason is kept in the log: no personal data."""
+    (`already_erased`); a retry completes an erasure a failure left half done
+    (`repaired`). The reason is kept in the log: no personal data. Nothing
+    changes unless the subject id, the reason and the subject all check."""
     command = data or EraseSubject()
     result = await erase_subject(
         services.store,
         services.pool,
         command_context(request),
-        subject,
+        _known_form(subject),
         reason=command.reason,
         owner_dsn=services.owner_dsn,
     )

@@ -279,6 +279,30 @@ class TestErasure:
         read = await client.get(f"/personal-data/subjects/{UNKNOWN}", headers=OPERATOR)
         assert read.status_code == 404
 
+    async def test_a_malformed_subject_id_is_no_such_subject_on_get_and_post(
+        self, client: Client
+    ) -> None:
+        answers = [
+            await client.get("/personal-data/subjects/nope", headers=OPERATOR),
+            await client.post("/personal-data/subjects/nope/erasure", headers=OPERATOR),
+            await client.post(
+                "/personal-data/subjects/nope/erasure",
+                json={"reason": "r"},
+                headers=OPERATOR,
+            ),
+            await client.post(
+                f"/personal-data/subjects/{UNKNOWN.upper()}/erasure", headers=OPERATOR
+            ),
+        ]
+        problems = [
+            (a.status_code, a.headers["content-type"], a.json()) for a in answers
+        ]
+        for status, media_type, problem in problems:
+            assert (status, media_type) == (404, "application/problem+json")
+            assert problem["type"].endswith(":not-found")
+            assert problem["detail"].startswith("no such subject")
+        assert len({(p["type"], p["title"], p["detail"]) for *_, p in problems}) == 1
+
     async def test_a_refused_reason_changes_nothing_on_the_api(
         self, client: Client, gateway_services: GatewayServices
     ) -> None:
