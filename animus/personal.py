@@ -325,10 +325,31 @@ class SubjectKeys:
         self._pool = pool
         self._master = master
 
+    async def find(self, identity: str) -> SubjectKey | None:
+        """The live subject of a person if there is one; writes nothing.
+
+        Reads use this: looking at data must not make a subject, nor store
+        the reader's name and email (after an erasure, least of all).
+        """
+        digest = self._master.identity_digest(identity)
+        row = await self._fetch_one(
+            "SELECT subject, wrapped_key, kek_id FROM subject_keys "
+            "WHERE identity_digest = %s AND wrapped_key IS NOT NULL",
+            (digest,),
+        )
+        if row is None:
+            return None
+        return SubjectKey(
+            subject=row[0], data_key=self._master.unwrap(row[0], row[1], row[2])
+        )
+
     async def subject_for(
         self, identity: str, *, name: str, email: str | None
     ) -> SubjectKey:
         """The live subject of a person, made on first sight; profile refreshed.
+
+        Only a command (something about to be appended to the log) calls
+        this: it may create a subject and write the sealed profile.
 
         Args:
             identity: the person's stable identity (`dev:<name>`, later the

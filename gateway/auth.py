@@ -10,7 +10,9 @@ declarations they will read exist already. Tokens are never logged.
 A person's principal is then given their pseudonymous subject, and their
 name, email and client address sealed with the subject's key
 (`animus.personal`), once per request: events, read models and logs see
-the pseudonym and the sealed fields, never the plain text.
+the pseudonym and the sealed fields, never the plain text. Only a command
+(POST, PUT, PATCH, DELETE) may create the subject and store the sealed
+profile; a read looks an existing subject up and writes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from animus.errors import ConfigurationError
-from animus.personal import CLIENT_ADDRESS, SubjectKeys, seal, sealed_actor
+from animus.personal import (
+    CLIENT_ADDRESS,
+    SubjectKey,
+    SubjectKeys,
+    seal,
+    sealed_actor,
+)
 from animus.settings import DevUser
 from gateway.errors import PermissionDenied, Unauthenticated
 
@@ -64,7 +72,8 @@ class Principal:
 
     `identity` is stable for the person (`dev:<name>`; OIDC will give issuer
     and subject); `subject`, `actor` and `client_address` are set once the
-    guard has sealed them (`seal_principal`).
+    guard has sealed them (`seal_principal`), and stay None on a read by a
+    person who has no subject (yet, or since their erasure).
     """
 
     name: str
@@ -83,15 +92,34 @@ class Principal:
         return f"{self.kind}:{self.subject or self.identity or self.name}"
 
 
+COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+"""The methods of commands: only these may create a person's subject."""
+
+
 async def seal_principal(
-    subjects: SubjectKeys, principal: Principal, client_host: str | None
+    subjects: SubjectKeys,
+    principal: Principal,
+    client_host: str | None,
+    *,
+    command: bool = True,
 ) -> Principal:
-    """The principal with its subject and its personal fields sealed."""
-    key = await subjects.subject_for(
-        principal.identity or principal.name,
-        name=principal.name,
-        email=principal.email,
-    )
+    """The principal with its subject and its personal fields sealed.
+
+    A command (`command=True`: it may append events that name the caller)
+    makes the caller's subject on first sight and refreshes its sealed
+    profile. A read only looks the subject up and writes nothing: a person
+    who merely reads, or reads again after their erasure, leaves no name or
+    email behind; their principal then has no subject.
+    """
+    identity = principal.identity or principal.name
+    if command:
+        key: SubjectKey | None = await subjects.subject_for(
+            identity, name=principal.name, email=principal.email
+        )
+    else:
+        key = await subjects.find(identity)
+    if key is None:
+        return principal
     address = (
         seal(key.data_key, key.subject, CLIENT_ADDRESS, client_host)
         if client_host
@@ -174,7 +202,10 @@ class PermissionGuard:
         if services is not None:
             client = connection.client
             principal = await seal_principal(
-                services.subjects, principal, client.host if client else None
+                services.subjects,
+                principal,
+                client.host if client else None,
+                command=connection.scope.get("method") in COMMAND_METHODS,
             )
         connection.scope["user"] = principal
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from gwtest import ALICE, Client
+from gwtest import ALICE, Client, new_id
 from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 from structlog.testing import capture_logs
@@ -112,6 +112,11 @@ class TestBearerTokens:
     async def test_a_known_token_is_accepted_and_its_user_logged(
         self, client: Client
     ) -> None:
+        # a command gives alice her subject (reads alone make none)
+        made = await client.post(
+            "/projects", json={"project_id": new_id("p"), "name": "P"}, headers=ALICE
+        )
+        assert made.status_code == 201, made.text
         with capture_logs() as logs:
             answer = await client.get("/projects", headers=ALICE)
         assert answer.status_code == 200

@@ -10,7 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 from litestar import Litestar
-from pdtest import CLIENT, EMAIL, NAME, OTHER_EMAIL, PERSONAL_DATA_KEY, SUFFIX
+from pdtest import (
+    CLIENT,
+    EMAIL,
+    NAME,
+    OTHER_EMAIL,
+    PERSONAL_DATA_KEY,
+    READER_EMAIL,
+    READER_NAME,
+    SUFFIX,
+)
 
 from animus.relay import Relay
 from animus.settings import Settings, load_settings
@@ -40,6 +49,7 @@ def settings(services: object, fresh_database: str, home: Path) -> Settings:
             "erin-token": {"name": NAME, "email": EMAIL},
             "olaf-token": {"name": f"Olaf {SUFFIX}", "email": OTHER_EMAIL},
             "operator-token": "operator",
+            "rita-token": {"name": READER_NAME, "email": READER_EMAIL},
         },
         storage_sweep_interval_seconds=0,
     )

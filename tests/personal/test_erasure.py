@@ -25,6 +25,9 @@ from pdtest import (
     OLAF,
     OPERATOR,
     OTHER_EMAIL,
+    READER_EMAIL,
+    READER_NAME,
+    RITA,
     SUFFIX,
 )
 from psycopg import sql
@@ -351,6 +354,38 @@ class TestErasure:
         assert [e.position for e in stream] == [recorded[0].position]
 
 
+class TestLazySubjects:
+    async def test_reads_make_no_subject_and_store_no_personal_data(
+        self, client: Client, fresh_database: str
+    ) -> None:
+        # a person who only reads: no subject row (its sealed profile is what
+        # would hold the name and email), and nothing in plain text either
+        rows = subject_key_rows(fresh_database)
+        read = await client.get("/projects", headers=RITA)
+        assert read.status_code == 200, read.text
+        assert subject_key_rows(fresh_database) == rows
+        for needle in (READER_NAME, READER_EMAIL):
+            assert tables_holding(fresh_database, needle) == []
+
+        # their first command makes the subject
+        subject = await _subject_of_caller(client, RITA, "rita")
+        assert subject_key_rows(fresh_database) == rows + 1
+        assert tables_holding(fresh_database, subject)
+        erased = await client.post(
+            f"/personal-data/subjects/{subject}/erasure", headers=OPERATOR
+        )
+        assert erased.status_code == 200, erased.text
+
+        # reading again after the erasure stores nothing of them again
+        rows = subject_key_rows(fresh_database)
+        for path in ("/projects", f"/projects/p-rita-{SUFFIX}"):
+            again = await client.get(path, headers=RITA)
+            assert again.status_code == 200, again.text
+        assert subject_key_rows(fresh_database) == rows
+        for needle in (READER_NAME, READER_EMAIL):
+            assert tables_holding(fresh_database, needle) == []
+
+
 class TestEraseSubjectCommand:
     async def test_the_command_erases_once_and_refuses_unknown_subjects(
         self, client: Client, fresh_database: str, home: Path
@@ -462,6 +497,13 @@ def relation_filenode(dsn: str) -> int:
     """The file `subject_keys` lives in: VACUUM FULL writes a new one."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_relation_filenode('subject_keys')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def subject_key_rows(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM subject_keys").fetchone()
     assert row is not None
     return int(row[0])
 
