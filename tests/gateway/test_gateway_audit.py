@@ -177,6 +177,17 @@ class TestRefusals:
         answer = await client.get("/audit/events")
         assert answer.status_code == 401
 
+    async def test_a_refusal_and_a_protected_read_are_no_events_yet(
+        self, client: Client, head: Any, log: dict[str, Any]
+    ) -> None:
+        """What contracts/siem.md says today: 401s and protected reads are
+        not in the audit log (they come with issue 4); this fails, and the
+        contract must change, when they are."""
+        before = await head()
+        assert (await client.get("/audit/events")).status_code == 401
+        assert lines_of(await client.get("/audit/events", headers=ALICE))
+        assert await head() == before
+
 
 @pytest.fixture(scope="module")
 async def live_url(app: Litestar, settings: Settings) -> AsyncIterator[str]:
