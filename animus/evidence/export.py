@@ -13,6 +13,7 @@ contracts/evidence.md.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "export_bundle",
     "export_command",
     "run_records",
+    "write_bundle",
 ]
 
 log = structlog.get_logger(__name__)
@@ -266,6 +268,12 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
     from animus.evidence.keys import verifier
     from animus.stack import resolve_services
 
+    output = Path(args.output)
+    if output.is_dir() or args.output.endswith("/"):  # fail before the work
+        raise ConfigurationError(
+            f"--output: cannot write {args.output}: "
+            + os.strerror(errno.EISDIR if output.is_dir() else errno.ENOENT)
+        )
     settings = resolve_services(settings)
     verifying = verifier(settings)
     if verifying is None:
@@ -287,7 +295,7 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
         exported = asyncio.run(
             _export(settings, app_dsn(settings), args, vkey=vkey, on_wait=waiting)
         )
-    _write_atomically(Path(args.output), exported.data)
+    write_bundle(output, exported.data, shown=args.output)
     report = exported.report
     print(
         f"bundle written: {args.output} ({len(exported.data)} bytes), run "
@@ -340,10 +348,26 @@ async def _export(
                 )
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_bundle(path: Path, data: bytes, *, shown: str | None = None) -> None:
+    """Write `data` to `path` atomically: a scratch file in the same folder,
+    flushed to disk, then renamed over `path`. A failure leaves `path` as it
+    was and no scratch file behind.
+
+    Raises:
+        ConfigurationError: `path` cannot be written (one line, naming it).
+    """
+    from animus.errors import ConfigurationError
+
     scratch = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        scratch.write_bytes(data)
+        with open(scratch, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(scratch, path)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"--output: cannot write {shown or path}: {exc.strerror or exc}"
+        ) from None
     finally:
         scratch.unlink(missing_ok=True)
