@@ -244,7 +244,19 @@ def _evidence_parser(sub: Any) -> None:
     )
     verify.add_argument("bundle", nargs="?", metavar="BUNDLE")
     verify.add_argument(
-        "--key", metavar="VKEY", help="the log's public key (text or file)"
+        "--key", metavar="VKEY", help="the log's public key (text or file), pinned"
+    )
+    verify.add_argument(
+        "--trust-bundle-key",
+        action="store_true",
+        help="without --key, check with the bundle's own key.vkey (proves "
+        "nothing unless you compare its key id with the log's)",
+    )
+    verify.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help="refuse a bundle or file larger than this (default 4 GiB)",
     )
     for option, what in (
         ("--checkpoint", "a signed checkpoint note"),
@@ -280,6 +292,9 @@ def _verify(
 
     settings = resolve_services(settings)
     dsn = app_dsn(settings)
+    vkey = None
+    if key is not None:  # a bad --key fails now, not after the chain walk
+        vkey = _load("animus.evidence.audit:parse_key_option")(key)
     with counting_bar("verifying") as bar:
         task = bar.add_task("verify", total=None)
         result = verify_chain(dsn, progress=lambda done: bar.advance(task, done))
@@ -290,7 +305,7 @@ def _verify(
         return 1
     print(f"chain verified: {result.events} events, head {result.head_hash.hex()}")
     check: Callable[..., int] = _load("animus.evidence.audit:verify_command")
-    return check(settings, dsn, checkpoints=checkpoints, key=key)
+    return check(settings, dsn, checkpoints=checkpoints, key=vkey)
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from animus.errors import ConfigurationError
 from animus.evidence import tree
-from animus.evidence.note import NoteError, VerifierKey, parse_vkey, verify_checkpoint
+from animus.evidence.note import NoteError, VerifierKey, verify_checkpoint
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointBreak",
     "CheckpointReport",
     "check_checkpoints",
+    "parse_key_option",
     "read_checkpoint_file",
     "verify_command",
 ]
@@ -270,8 +271,27 @@ async def _roots_from_events(
     return found
 
 
+def parse_key_option(value: str) -> VerifierKey:
+    """`--key`: a vkey's text or a file holding one, as `animus evidence
+    verify` takes it.
+
+    Raises:
+        ConfigurationError: one line saying what is wrong with the value.
+    """
+    from animus.evidence.offline import KeyOptionError, key_option
+
+    try:
+        return key_option(value)
+    except KeyOptionError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 def verify_command(
-    settings: Settings, dsn: str, *, checkpoints: str | None, key: str | None
+    settings: Settings,
+    dsn: str,
+    *,
+    checkpoints: str | None,
+    key: str | VerifierKey | None,
 ) -> int:
     """Check the database's checkpoints and the copies in `checkpoints`.
 
@@ -286,12 +306,7 @@ def verify_command(
     from animus.evidence.keys import verifier
 
     if key is not None:
-        try:
-            vkey = parse_vkey(key)
-        except NoteError as exc:
-            raise ConfigurationError(
-                f"--key: not a verifier key ({exc.detail})"
-            ) from None
+        vkey = key if isinstance(key, VerifierKey) else parse_key_option(key)
     else:
         configured = verifier(settings)
         if configured is None:

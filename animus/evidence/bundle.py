@@ -35,7 +35,9 @@ __all__ = [
     "MANIFEST_MEMBER",
     "PROOFS_MEMBER",
     "artifact_member",
+    "archive_size",
     "check_member_name",
+    "member_header",
     "ndjson",
     "render_json",
     "write_archive",
@@ -90,6 +92,20 @@ def _member_info(name: str, size: int) -> tarfile.TarInfo:
     info.uname = info.gname = ""
     info.type = tarfile.REGTYPE
     return info
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The one header block the writer makes for a member of `name` and `size`."""
+    return _member_info(name, size).tobuf(
+        tarfile.PAX_FORMAT, "utf-8", "surrogateescape"
+    )
+
+
+def archive_size(end_of_members: int) -> int:
+    """The archive's length when its last member's padding ends at
+    `end_of_members`: two zero blocks, then zeros to a whole tar record."""
+    end = end_of_members + 2 * tarfile.BLOCKSIZE
+    return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def write_archive(members: Mapping[str, bytes]) -> bytes:

@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import sys
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from animus import merkle
 from animus.chain import GENESIS_HASH, canonical_text, link_hash
@@ -36,6 +39,7 @@ from animus.evidence.note import (
     Checkpoint,
     NoteError,
     VerifierKey,
+    format_checkpoint_body,
     parse_vkey,
     verify_checkpoint,
 )
@@ -45,6 +49,7 @@ __all__ = [
     "ChainRecord",
     "ConsistencyProof",
     "InclusionProof",
+    "KeyOptionError",
     "SegmentReport",
     "VerificationFailure",
     "assemble_bundle",
@@ -53,6 +58,7 @@ __all__ = [
     "check_consistency",
     "check_inclusion",
     "check_segment",
+    "key_option",
     "load_key",
     "parse_consistency_proof",
     "parse_inclusion_proof",
@@ -61,6 +67,9 @@ __all__ = [
     "run_claims",
     "validate",
     "verify_bundle",
+    "verify_bundle_file",
+    "verify_members",
+    "walk_archive",
     "verify_command",
 ]
 
@@ -698,71 +707,219 @@ def check_consistency(
 # -- evidence bundles ------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A member read as a stream: its sha256 (hex) and size, not its bytes.
+
+    Artifacts can be large; the verifier needs only their hash and size."""
+
+    sha256: str
+    size: int
+
+
+Content = bytes | Digest
+"""A member's content: its bytes, or for a streamed artifact its digest."""
+
+CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 4 << 30
+"""The largest bundle `animus evidence verify` reads unless --max-bytes says."""
+MAX_KEY_BYTES = 4096
+"""A vkey is about 100 bytes; a --key file larger than this is not one."""
+
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_CHECKSUM = slice(148, 156)
+
+
 def read_archive(data: bytes) -> dict[str, bytes]:
     """Read a bundle's members, requiring the archive's one byte form.
 
     Raises:
-        VerificationFailure: the file is not a tar archive of regular files
-            named by the bundle layout, or its bytes differ from what the
-            deterministic writer makes of its members.
+        VerificationFailure: the bytes are not the canonical archive of
+            regular files named by the bundle layout (`walk_archive`).
+    """
+    members = walk_archive(io.BytesIO(data), len(data), stream=lambda name: False)
+    return {
+        name: content for name, content in members.items() if isinstance(content, bytes)
+    }
+
+
+def walk_archive(
+    file: BinaryIO, length: int, *, stream: Callable[[str], bool]
+) -> dict[str, Content]:
+    """Read the archive in `file` (`length` bytes) header by header.
+
+    Every header must be the one the writer makes for its name and size,
+    every padding byte zero, the members sorted and unique, and the file must
+    end where the canonical archive ends, so the file is byte for byte the
+    canonical archive of its members. Members for which `stream(name)` holds
+    are hashed in chunks rather than kept. A difference is located: "byte B
+    differs, in the header of M" (or its padding, or the end of the archive).
+
+    Raises:
+        VerificationFailure: (archive) the first departure from the layout.
     """
 
     def fail(reason: str, member: str | None = None) -> VerificationFailure:
         return VerificationFailure("archive", reason, member=member)
 
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-            for info in archive:
-                if not info.isreg():
-                    raise fail("not a regular file", info.name)
-                if reason := layout.check_member_name(info.name):
-                    raise fail(reason, info.name)
-                if info.name in members:
-                    raise fail("the member appears twice", info.name)
-                extracted = archive.extractfile(info)
-                assert extracted is not None  # a regular file
-                members[info.name] = extracted.read()
-    except (tarfile.TarError, EOFError, UnicodeError, OSError) as exc:
-        raise fail(f"not a readable tar archive ({exc})") from None
-    try:
-        canonical = layout.write_archive(members)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if canonical != data:
-        raise fail(_first_difference(canonical, data, members))
+    def differs(offset: int, where: str) -> VerificationFailure:
+        return fail(f"not in the canonical layout: byte {offset} differs, in {where}")
+
+    members: dict[str, Content] = {}
+    previous = b""
+    offset = 0
+    while True:
+        block = file.read(tarfile.BLOCKSIZE)
+        if len(block) < tarfile.BLOCKSIZE:
+            raise fail(
+                "not a readable tar archive (it ends at byte "
+                f"{offset + len(block)}, inside a header or the end-of-archive zeros)"
+            )
+        if block == _ZERO_BLOCK:
+            break
+        raw_name = block[:100].split(b"\0", 1)[0]
+        if not raw_name or not any(block[_CHECKSUM]):  # stray bytes, no header
+            raise differs(offset + _first_nonzero(block), "the end-of-archive padding")
+        name = raw_name.decode("utf-8", "backslashreplace")
+        size = _octal(block[124:136])
+        if not _checksum_ok(block) or size is None:
+            departs = _name_departure(raw_name)
+            if departs is None and size is None:
+                departs = _size_departure(block[124:136])
+            if departs is None:
+                departs = _header_difference(block, name, size or 0)
+            if departs is None:
+                raise fail(
+                    f"not in the canonical layout: a byte of {offset}.."
+                    f"{offset + 511} differs, in the header of {name}, which "
+                    "does not match its checksum: its name, size or checksum "
+                    "was changed"
+                )
+            raise differs(offset + departs, f"the header of {name}")
+        if block[156:157] not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise fail("not a regular file", name)
+        if reason := layout.check_member_name(name):
+            raise fail(reason, name)
+        if name in members:
+            raise fail("the member appears twice", name)
+        if raw_name < previous:
+            raise fail(
+                "not in the canonical layout: members are not sorted by name "
+                f"(it follows {previous.decode()})",
+                name,
+            )
+        if block != layout.member_header(name, size):
+            departs = _header_difference(block, name, size)
+            raise differs(offset + (departs or 0), f"the header of {name}")
+        offset += tarfile.BLOCKSIZE
+        if offset + size > length:
+            raise fail(f"not a readable tar archive (it ends inside {name})", name)
+        members[name] = _read_content(file, size, keep=not stream(name))
+        offset += size
+        padding = file.read(-size % tarfile.BLOCKSIZE)
+        if any(padding):
+            raise differs(offset + _first_nonzero(padding), f"the padding of {name}")
+        offset += len(padding)
+        previous = raw_name
+    end = layout.archive_size(offset)
+    offset += tarfile.BLOCKSIZE
+    while offset < end:
+        chunk = file.read(min(CHUNK, end - offset))
+        if not chunk:
+            raise fail(
+                f"not in the canonical layout: the file ends at byte {offset}, "
+                f"inside the end-of-archive padding (which ends at byte {end})"
+            )
+        if any(chunk):
+            raise differs(offset + _first_nonzero(chunk), "the end-of-archive padding")
+        offset += len(chunk)
+    if file.read(1):
+        raise fail(
+            f"not in the canonical layout: byte {end} differs, after the end of "
+            "the archive (the file goes on)"
+        )
     return members
 
 
-def _first_differing_byte(a: bytes, b: bytes) -> int:
-    """The first offset where `a` and `b` differ (or the shorter's length)."""
-    common, offset = min(len(a), len(b)), 0
-    for chunk in (65536, 4096, 64, 1):
-        while offset + chunk <= common and (
-            a[offset : offset + chunk] == b[offset : offset + chunk]
-        ):
-            offset += chunk
-    return offset
+def _read_content(file: BinaryIO, size: int, *, keep: bool) -> Content:
+    if keep:
+        return file.read(size)
+    digest = hashlib.sha256()
+    left = size
+    while left:
+        chunk = file.read(min(CHUNK, left))
+        digest.update(chunk)
+        left -= len(chunk)
+    return Digest(sha256=digest.hexdigest(), size=size)
 
 
-def _first_difference(
-    canonical: bytes, data: bytes, members: Mapping[str, bytes]
-) -> str:
-    """Say where the file departs from the canonical layout of its members."""
-    offset = _first_differing_byte(canonical, data)
-    where = "the end-of-archive padding"
-    start = 0
-    for name in sorted(members, key=lambda n: n.encode("utf-8")):
-        content_start = start + tarfile.BLOCKSIZE
-        end = content_start + -(-len(members[name]) // 512) * 512
-        if offset < content_start:
-            where = f"the header of {name}"
-            break
-        if offset < end:
-            where = f"the content or padding of {name}"
-            break
-        start = end
-    return f"not in the canonical layout: byte {offset} differs, in {where}"
+def _octal(field: bytes) -> int | None:
+    """A header's numeric field as tarfile reads it, or None if it is not one."""
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        return None
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored = _octal(block[_CHECKSUM])
+    return stored is not None and stored in tarfile.calc_chksums(block)
+
+
+def _first_nonzero(data: bytes) -> int:
+    return len(data) - len(data.lstrip(b"\0"))
+
+
+def _name_departure(raw_name: bytes) -> int | None:
+    """The first byte of a member name no layout name could have there, or
+    None when the name is one the layout allows."""
+    name = raw_name.decode("latin-1")
+    if layout.check_member_name(name) is None:
+        return None
+    hexdigits = "0123456789abcdef"
+    for end in range(1, len(name) + 1):
+        prefix = name[:end]
+        fixed = any(n.startswith(prefix) for n in layout.FIXED_MEMBERS)
+        artifact = layout.ARTIFACTS_DIR.startswith(prefix[:10]) and (
+            all(c in hexdigits for c in prefix[10:]) and end <= 74
+        )
+        if not (fixed or artifact):
+            return end - 1
+    return len(raw_name)  # a name cut short
+
+
+def _size_departure(field: bytes) -> int:
+    """Where a size field that does not read as a number departs from the
+    writer's form (11 octal digits and a NUL), from the header's start."""
+    for index, byte in enumerate(field):
+        if (index < 11 and byte not in b"01234567") or (index == 11 and byte):
+            return 124 + index
+    return 124
+
+
+def _header_difference(block: bytes, name: str, size: int) -> int | None:
+    """Where a header departs from the writer's header for `name` and `size`:
+    the first differing byte outside the checksum field; else, when the
+    checksum field is well-formed, None (the name, the size or the checksum
+    changed into another valid value, and which byte cannot be known); else
+    the checksum field's first changed byte."""
+    try:
+        expected = layout.member_header(name, size)
+    except (ValueError, UnicodeError):
+        return _CHECKSUM.start
+    if len(expected) != len(block):  # a name the writer would need pax for
+        return 0
+    for index, (have, want) in enumerate(zip(block, expected, strict=True)):
+        if have != want and not _CHECKSUM.start <= index < _CHECKSUM.stop:
+            return index
+    if re.fullmatch(rb"[0-7]{6}\0 ", block[_CHECKSUM]):
+        # a well-formed checksum of another header: the name or the size
+        # (read from the changed bytes) or a digit of the checksum changed
+        return None
+    return _CHECKSUM.start + next(
+        (i for i in range(8) if block[148 + i] != expected[148 + i]), 0
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -781,6 +938,13 @@ class BundleReport:
 
 def _sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
+
+
+def _digest(content: Content) -> tuple[str, int]:
+    """A member's sha256 (hex) and size, whether read or streamed."""
+    if isinstance(content, Digest):
+        return content.sha256, content.size
+    return _sha256(content), len(content)
 
 
 def _canonical_sha256(value: Any) -> str:
@@ -932,7 +1096,7 @@ def _artifact_claim(record: ChainRecord, fail: Any) -> dict[str, Any]:
 def build_manifest(
     *,
     run_id: str,
-    members: Mapping[str, bytes],
+    members: Mapping[str, Content],
     records: Sequence[ChainRecord],
     checkpoint: Checkpoint,
 ) -> dict[str, Any]:
@@ -959,8 +1123,10 @@ def build_manifest(
             "key_id": checkpoint.key_id,
         },
         "members": [
-            {"name": name, "sha256": _sha256(content), "size": len(content)}
-            for name, content in sorted(members.items())
+            {"name": name, "sha256": sha256, "size": size}
+            for name, (sha256, size) in sorted(
+                (name, _digest(content)) for name, content in members.items()
+            )
             if name != layout.MANIFEST_MEMBER
         ],
         "events": [
@@ -994,7 +1160,7 @@ def assemble_bundle(
         VerificationFailure: the pieces do not make a bundle that verifies
             (the exporter's own check of what it is about to write).
     """
-    members = {
+    members: dict[str, Content] = {
         layout.EVENTS_MEMBER: layout.ndjson(list(records)),
         layout.PROOFS_MEMBER: layout.ndjson(list(proofs)),
         layout.CHECKPOINT_MEMBER: note.encode("utf-8"),
@@ -1005,23 +1171,74 @@ def assemble_bundle(
     manifest = build_manifest(
         run_id=run_id,
         members=members,
-        records=parse_records(members[layout.EVENTS_MEMBER], member="events"),
+        records=parse_records(layout.ndjson(list(records)), member="events"),
         checkpoint=check_checkpoint(note, load_key(vkey)),
     )
     members[layout.MANIFEST_MEMBER] = layout.render_json(manifest)
-    return layout.write_archive(members)
+    return layout.write_archive(
+        {name: c for name, c in members.items() if isinstance(c, bytes)}
+    )
 
 
-def verify_bundle(data: bytes, *, key: VerifierKey | None = None) -> BundleReport:
-    """Verify an evidence bundle's bytes; `key` pins the signer's key.
+def verify_bundle(
+    data: bytes, *, key: VerifierKey | None, trust_bundle_key: bool = False
+) -> BundleReport:
+    """Verify an evidence bundle's bytes against the pinned signer's `key`.
 
-    Without `key`, the bundle's own key.vkey is used: the caller must say
-    that the key was not pinned.
+    With `key` None the bundle's own key.vkey is used, but only when the
+    caller says so with `trust_bundle_key` (and must then say that the key
+    was not pinned): anyone can sign a bundle with a key of their own.
 
     Raises:
         VerificationFailure: the first check that fails.
     """
-    members = read_archive(data)
+    members = walk_archive(io.BytesIO(data), len(data), stream=_is_artifact)
+    return verify_members(members, key=key, trust_bundle_key=trust_bundle_key)
+
+
+def verify_bundle_file(
+    path: str,
+    *,
+    key: VerifierKey | None,
+    trust_bundle_key: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> BundleReport:
+    """Verify the bundle in file `path`, streaming its artifacts.
+
+    Raises:
+        VerificationFailure: (input) not a regular file, or over `max_bytes`;
+            else the first check that fails.
+    """
+    with _open_regular(path, max_bytes, what="--max-bytes") as (file, length):
+        members = walk_archive(file, length, stream=_is_artifact)
+    return verify_members(members, key=key, trust_bundle_key=trust_bundle_key)
+
+
+def _is_artifact(name: str) -> bool:
+    return name.startswith(layout.ARTIFACTS_DIR)
+
+
+def _fixed(members: Mapping[str, Content], name: str) -> bytes:
+    content = members[name]
+    assert isinstance(content, bytes)  # only artifacts are streamed
+    return content
+
+
+def verify_members(
+    members: Mapping[str, Content],
+    *,
+    key: VerifierKey | None,
+    trust_bundle_key: bool = False,
+) -> BundleReport:
+    """Verify a bundle's members read by `walk_archive` (see `verify_bundle`).
+
+    Raises:
+        VerificationFailure: the first check that fails.
+    """
+    if key is None and not trust_bundle_key:
+        raise VerificationFailure(
+            "key", "no key pinned (and the bundle's own key was not trusted)"
+        )
     for name in layout.FIXED_MEMBERS:
         if name not in members:
             raise VerificationFailure("archive", "the member is missing", member=name)
@@ -1029,15 +1246,12 @@ def verify_bundle(data: bytes, *, key: VerifierKey | None = None) -> BundleRepor
     _check_member_hashes(manifest, members)
 
     pinned = key is not None
-    bundled = load_key(
-        members[layout.KEY_MEMBER].decode("utf-8", "replace"), member=layout.KEY_MEMBER
-    )
-    checkpoint = check_checkpoint(
-        members[layout.CHECKPOINT_MEMBER],
-        key or bundled,
-        member=layout.CHECKPOINT_MEMBER,
-    )
-    records = parse_records(members[layout.EVENTS_MEMBER], member=layout.EVENTS_MEMBER)
+    key = _check_bundle_key(_fixed(members, layout.KEY_MEMBER), key)
+    note = _fixed(members, layout.CHECKPOINT_MEMBER)
+    checkpoint = check_checkpoint(note, key, member=layout.CHECKPOINT_MEMBER)
+    _check_note_form(note, key, checkpoint)
+    events = _fixed(members, layout.EVENTS_MEMBER)
+    records = parse_records(events, member=layout.EVENTS_MEMBER)
     if not records:
         raise VerificationFailure("chain segment", "no events", member="events.ndjson")
     check_segment(
@@ -1046,7 +1260,14 @@ def verify_bundle(data: bytes, *, key: VerifierKey | None = None) -> BundleRepor
         contiguous=False,
         checkpoints=[checkpoint],
     )
-    _check_bundle_proofs(members[layout.PROOFS_MEMBER], records, checkpoint)
+    _check_rebuilt_lines(
+        events,
+        [chain_record_json(r) for r in records],
+        check="chain record",
+        member=layout.EVENTS_MEMBER,
+        what="the chain record the exporter writes (its members only, RFC 8785)",
+    )
+    _check_bundle_proofs(_fixed(members, layout.PROOFS_MEMBER), records, checkpoint)
 
     expected = build_manifest(
         run_id=manifest["run_id"],
@@ -1054,7 +1275,7 @@ def verify_bundle(data: bytes, *, key: VerifierKey | None = None) -> BundleRepor
         records=records,
         checkpoint=checkpoint,
     )
-    _compare_manifest(manifest, expected, members[layout.MANIFEST_MEMBER])
+    _compare_manifest(manifest, expected, _fixed(members, layout.MANIFEST_MEMBER))
     artifact_bytes = _check_artifact_bytes(expected, members)
     return BundleReport(
         run_id=expected["run_id"],
@@ -1068,10 +1289,106 @@ def verify_bundle(data: bytes, *, key: VerifierKey | None = None) -> BundleRepor
     )
 
 
-def _read_manifest(members: Mapping[str, bytes]) -> dict[str, Any]:
+def chain_record_json(record: ChainRecord) -> dict[str, Any]:
+    """The chain record of an event: its envelope's members, the links and
+    the canonical text, and nothing else (contracts/evidence.md section 4)."""
+    return {
+        "position": record.position,
+        "event_id": record.event_id,
+        "stream_type": record.stream_type,
+        "stream_id": record.stream_id,
+        "stream_version": record.stream_version,
+        "project_id": record.project_id,
+        "type": record.type,
+        "recorded_at": record.recorded_at,
+        "prev_hash": record.prev_hash.hex(),
+        "hash": record.hash.hex(),
+        "canonical": record.canonical.decode("utf-8"),
+    }
+
+
+def _inclusion_json(proof: InclusionProof) -> dict[str, Any]:
+    return {
+        "format": INCLUSION_FORMAT,
+        "position": proof.position,
+        "leaf_index": proof.leaf_index,
+        "tree_size": proof.tree_size,
+        "leaf_hash": proof.leaf_hash.hex(),
+        "root_hash": proof.root_hash.hex(),
+        "path": [node.hex() for node in proof.path],
+    }
+
+
+def _check_rebuilt_lines(
+    content: bytes,
+    rebuilt: Sequence[Mapping[str, Any]],
+    *,
+    check: str,
+    member: str,
+    what: str,
+) -> None:
+    """Require NDJSON `content` to be, byte for byte, the `rebuilt` values."""
+    lines = content.split(b"\n")[:-1]  # it ends in a newline (_json_lines)
+    for number, value in enumerate(rebuilt):
+        if number >= len(lines) or lines[number] + b"\n" != layout.render_json(value):
+            raise VerificationFailure(
+                check,
+                f"line {number + 1} is not {what}",
+                member=member,
+                position=value.get("position"),
+            )
+    if len(lines) != len(rebuilt):
+        raise VerificationFailure(
+            check, f"{len(lines)} lines for {len(rebuilt)} values", member=member
+        )
+
+
+def _check_bundle_key(content: bytes, pinned: VerifierKey | None) -> VerifierKey:
+    """key.vkey must be one vkey and a newline: the pinned key when one is."""
+    name = layout.KEY_MEMBER
+    bundled = load_key(content.decode("utf-8", "replace"), member=name)
+    if content != f"{bundled}\n".encode():
+        raise VerificationFailure(
+            "key", "not exactly one vkey followed by one newline", member=name
+        )
+    if pinned is None:
+        return bundled
+    if bundled != pinned:
+        raise VerificationFailure(
+            "key",
+            f"not the pinned key {pinned.name}+{pinned.key_id} (it holds "
+            f"{bundled.name}+{bundled.key_id})",
+            member=name,
+        )
+    return pinned
+
+
+def _check_note_form(note: bytes, key: VerifierKey, checkpoint: Checkpoint) -> None:
+    """checkpoint.note must be the checkpoint's text and the key's signature
+    line alone, as the checkpointer signs it: nothing added, nothing else."""
+    rebuilt = format_checkpoint_body(
+        checkpoint.origin,
+        checkpoint.tree_size,
+        checkpoint.root_hash,
+        checkpoint.chain_head,
+    )
+    signatures = [
+        line
+        for line in note.decode("utf-8").split("\n\n")[-1].splitlines(keepends=True)
+        if line.startswith(f"\u2014 {key.name} ")
+    ]
+    if note.decode("utf-8") != rebuilt + "\n" + "".join(signatures[:1]):
+        raise VerificationFailure(
+            "checkpoint",
+            "not exactly the signed text and the key's one signature line",
+            member=layout.CHECKPOINT_MEMBER,
+        )
+
+
+def _read_manifest(members: Mapping[str, Content]) -> dict[str, Any]:
     name = layout.MANIFEST_MEMBER
     try:
-        manifest = json.loads(members[name])
+        manifest = json.loads(_fixed(members, name))
     except ValueError:
         raise VerificationFailure("manifest", "not JSON", member=name) from None
     if problem := validate(manifest, MANIFEST_SCHEMA):
@@ -1080,7 +1397,7 @@ def _read_manifest(members: Mapping[str, bytes]) -> dict[str, Any]:
 
 
 def _check_member_hashes(
-    manifest: Mapping[str, Any], members: Mapping[str, bytes]
+    manifest: Mapping[str, Any], members: Mapping[str, Content]
 ) -> None:
     listed = {entry["name"]: entry for entry in manifest["members"]}
     for name, content in sorted(members.items()):
@@ -1091,7 +1408,7 @@ def _check_member_hashes(
             raise VerificationFailure(
                 "member hash", "the manifest does not list it", member=name
             )
-        if entry["size"] != len(content) or entry["sha256"] != _sha256(content):
+        if (entry["sha256"], entry["size"]) != _digest(content):
             raise VerificationFailure(
                 "member hash",
                 "the content differs from the manifest's sha256 and size",
@@ -1114,8 +1431,10 @@ def _check_bundle_proofs(
             f"{len(proofs)} proofs for {len(records)} events",
             member=name,
         )
+    parsed = []
     for value, record in zip(proofs, records, strict=True):
         proof = parse_inclusion_proof(value, member=name)
+        parsed.append(proof)
         if proof.position != record.position:
             raise VerificationFailure(
                 "inclusion proof",
@@ -1124,6 +1443,13 @@ def _check_bundle_proofs(
                 position=proof.position,
             )
         check_inclusion(proof, checkpoint, canonical=record.canonical, member=name)
+    _check_rebuilt_lines(
+        content,
+        [_inclusion_json(proof) for proof in parsed],
+        check="inclusion proof",
+        member=name,
+        what="the inclusion proof as written (RFC 8785)",
+    )
 
 
 def _compare_manifest(
@@ -1145,7 +1471,7 @@ def _compare_manifest(
 
 
 def _check_artifact_bytes(
-    expected: Mapping[str, Any], members: Mapping[str, bytes]
+    expected: Mapping[str, Any], members: Mapping[str, Content]
 ) -> int:
     recorded = {a["member"]: a for a in expected["artifacts"] if a["member"]}
     total = 0
@@ -1157,38 +1483,99 @@ def _check_artifact_bytes(
             raise VerificationFailure(
                 "artifact bytes", "no ArtifactRecorded event names it", member=name
             )
-        if _sha256(content) != artifact["sha256"] or len(content) != artifact["size"]:
+        sha256, size = _digest(content)
+        if (sha256, size) != (artifact["sha256"], artifact["size"]):
             raise VerificationFailure(
                 "artifact bytes",
                 "the bytes differ from the recorded sha256 and size",
                 member=name,
                 position=artifact["position"],
             )
-        total += len(content)
+        total += size
     return total
 
 
 # -- the command line --------------------------------------------------------------
 
 
-def _read(path: str) -> bytes:
+class KeyOptionError(ValueError):
+    """`--key` is neither a readable vkey file nor a vkey: a usage error."""
+
+
+@contextmanager
+def _open_regular(
+    path: str, max_bytes: int, *, what: str
+) -> Iterator[tuple[BinaryIO, int]]:
+    """Open `path` only if it is a regular file of at most `max_bytes`.
+
+    Opened without blocking (a FIFO would wait for a writer) and checked on
+    the open descriptor, so a device, a pipe or a directory is refused
+    before a single byte is read.
+
+    Raises:
+        VerificationFailure: (input) it cannot be opened, is not a regular
+            file, or is larger than `max_bytes` (`what` names the limit).
+    """
+
+    def fail(reason: str) -> VerificationFailure:
+        return VerificationFailure("input", reason, member=path)
+
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise VerificationFailure(
-            "input", exc.strerror or str(exc), member=path
-        ) from None
+        raise fail(exc.strerror or str(exc)) from None
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise fail("not a regular file")
+        if status.st_size > max_bytes:
+            raise fail(f"{status.st_size} bytes, larger than {what} {max_bytes}")
+        yield file, status.st_size
 
 
-def _key_argument(value: str) -> VerifierKey:
-    """`--key`: a vkey's text, or a file that holds one."""
-    if value.count("+") >= 2 and not value.startswith(("/", ".")):
+def _read(
+    path: str, max_bytes: int = DEFAULT_MAX_BYTES, *, what: str = "--max-bytes"
+) -> bytes:
+    with _open_regular(path, max_bytes, what=what) as (file, length):
         try:
-            return parse_vkey(value)
-        except (NoteError, ValueError):
-            pass
-    return load_key(_read(value).decode("utf-8", "replace"), member=value)
+            return file.read(length)
+        except OSError as exc:
+            raise VerificationFailure(
+                "input", exc.strerror or str(exc), member=path
+            ) from None
+
+
+def key_option(value: str) -> VerifierKey:
+    """`--key`: a vkey's text, or a file that holds one (and nothing else).
+
+    A value naming an existing path is read as a file (a regular file of at
+    most MAX_KEY_BYTES); any other value must be a vkey itself.
+
+    Raises:
+        KeyOptionError: one line saying what is wrong with the value.
+    """
+    if not value.strip():
+        raise KeyOptionError("--key is empty: give the log's vkey or a file holding it")
+    if os.path.lexists(value):
+        try:
+            text = _read(value, MAX_KEY_BYTES, what="the limit for a key file of")
+        except VerificationFailure as failure:
+            raise KeyOptionError(f"--key {value}: {failure.reason}") from None
+        try:
+            return parse_vkey(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            problem = "it is not UTF-8 text"
+        except NoteError as exc:
+            problem = exc.detail
+        raise KeyOptionError(f"--key {value}: the file does not hold a vkey: {problem}")
+    try:
+        return parse_vkey(value)
+    except NoteError as exc:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise KeyOptionError(
+            f"--key {shown!r}: no file of that name, and not a vkey "
+            f"(name+keyhash+key): {exc.detail}"
+        ) from None
 
 
 def _json_file(path: str) -> Any:
@@ -1217,7 +1604,7 @@ class FileChecks:
         """
         if self.key is None:
             raise VerificationFailure("key", "--key is required to check files")
-        key = _key_argument(self.key)
+        key = key_option(self.key)
         checkpoints = [
             check_checkpoint(_read(path), key, member=path) for path in self.checkpoints
         ]
@@ -1271,24 +1658,44 @@ class FileChecks:
         return by_size[size]
 
 
+def _usage(message: str) -> int:
+    print(f"animus: evidence verify: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def verify_command(settings: object, args: Any) -> int:
     """`animus evidence verify`: a bundle, or separate files, offline.
 
     Prints a short summary and returns 0, or prints one line naming the
-    first failing check and returns 1. `settings` is not used: nothing here
+    first failing check and returns 1; a usage error (no key, a bad --key)
+    is one line on stderr and 2. `settings` is not used: nothing here
     reaches a database or the network.
     """
     files = (args.checkpoint, args.proof, args.segment, args.consistency)
     if not args.bundle and not any(files):
-        print(
-            "animus: evidence verify: give a BUNDLE, or --checkpoint, --proof, "
-            "--segment or --consistency files (try: animus evidence verify --help)",
-            file=sys.stderr,
+        return _usage(
+            "give a BUNDLE, or --checkpoint, --proof, --segment or --consistency "
+            "files (try: animus evidence verify --help)"
         )
-        return 2
+    trust = bool(getattr(args, "trust_bundle_key", False))
+    max_bytes = getattr(args, "max_bytes", None) or DEFAULT_MAX_BYTES
+    if args.key is not None and trust:
+        return _usage("give --key or --trust-bundle-key, not both")
+    if args.key is None and not trust:
+        return _usage(
+            "--key VKEY is required: pin the log's public key (`animus evidence "
+            "key` or GET /evidence/key, kept apart from the evidence), or pass "
+            "--trust-bundle-key to check with the bundle's own key"
+        )
+    if trust and not args.bundle:
+        return _usage("--trust-bundle-key is for a BUNDLE; files need --key")
+    try:
+        key = key_option(args.key) if args.key is not None else None
+    except KeyOptionError as exc:
+        return _usage(str(exc))
     try:
         if args.bundle:
-            lines = _verify_bundle_file(args.bundle, args.key)
+            lines = _verify_bundle_file(args.bundle, key, max_bytes)
         else:
             lines = FileChecks(
                 key=args.key,
@@ -1306,22 +1713,28 @@ def verify_command(settings: object, args: Any) -> int:
     return 0
 
 
-def _verify_bundle_file(path: str, key_argument: str | None) -> list[str]:
-    key = _key_argument(key_argument) if key_argument else None
-    report = verify_bundle(_read(path), key=key)
+def _verify_bundle_file(
+    path: str, key: VerifierKey | None, max_bytes: int
+) -> list[str]:
+    report = verify_bundle_file(
+        path, key=key, trust_bundle_key=key is None, max_bytes=max_bytes
+    )
     checkpoint = report.checkpoint
+    signer = f"{checkpoint.origin}+{checkpoint.key_id}"
     if not report.key_pinned:
         print(
-            f"warning: the key was not pinned: checked with the bundle's own key "
-            f"{checkpoint.origin}+{checkpoint.key_id}; pass --key to pin it",
+            f"WARNING: KEY NOT PINNED: the bundle verified under its own key "
+            f"{signer} (key id {checkpoint.key_id}); it proves nothing unless "
+            "that is the log's key",
             file=sys.stderr,
             flush=True,
         )
+    pinning = "pinned" if report.key_pinned else "the bundle's own, NOT PINNED"
     return [
         f"bundle verified: run {report.run_id} ({report.status}), "
         f"{report.events} events proven in tree size {checkpoint.tree_size}",
         f"checkpoint {checkpoint.origin} root {checkpoint.root_hex} "
-        f"signed by key {checkpoint.key_id}",
+        f"signed by key {checkpoint.key_id} ({pinning})",
         f"{report.artifacts} artifacts recorded, {report.artifact_bytes} bytes "
         "re-hashed",
     ]

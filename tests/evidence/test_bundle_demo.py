@@ -184,13 +184,18 @@ class TestDemoBundle:
         assert done.stdout.startswith("bundle verified: run ")
         assert done.stderr == ""
 
-    def test_without_a_pinned_key_it_warns_and_names_the_key(
+    def test_without_a_pinned_key_it_refuses_unless_told_to_trust_the_bundle(
         self, env: dict[str, str], exported: tuple[Path, str]
     ) -> None:
         path, vkey = exported
-        done = animus(offline_env(env), "evidence", "verify", str(path))
+        refused = animus(offline_env(env), "evidence", "verify", str(path), check=False)
+        assert refused.returncode == 2
+        assert "--key VKEY is required" in refused.stderr
+        done = animus(
+            offline_env(env), "evidence", "verify", str(path), "--trust-bundle-key"
+        )
         key_id = vkey.split("+")[1]
-        assert "the key was not pinned" in done.stderr
+        assert "KEY NOT PINNED" in done.stderr
         assert key_id in done.stderr
 
     def test_verify_loads_nothing_of_the_control_plane(
