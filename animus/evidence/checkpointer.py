@@ -15,7 +15,6 @@ twice nor skips one. Then it publishes each recorded checkpoint on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import time
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from animus.batchloop import BatchLoop
 from animus.bus import Bus, bus_session
 from animus.db import app_dsn, open_pool, translate_db_errors
 from animus.errors import AnimusError, ConfigurationError
@@ -39,14 +39,12 @@ if TYPE_CHECKING:
 
     from animus.settings import Settings
 
-__all__ = ["Checkpointer", "CheckpointerState", "run"]
+__all__ = ["Checkpointer", "run"]
 
 log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 5000
 IDLE_INTERVAL = 0.2
-RETRY_INITIAL = 0.2
-RETRY_MAX = 5.0
 PUBLISHED_NAME = "checkpoint-bus"
 
 _READ_LEAVES = (
@@ -76,7 +74,7 @@ class CheckpointerState(enum.Enum):
     STOPPED = "stopped"  # the loop has ended; start() may run it again
 
 
-class Checkpointer:
+class Checkpointer(BatchLoop):
     """Builds the tree and signs checkpoints from where it stopped.
 
     Use as `async with Checkpointer(...):` or call start() and stop(). With
@@ -95,6 +93,9 @@ class Checkpointer:
         batch_size: int = BATCH_SIZE,
         idle_interval: float = IDLE_INTERVAL,
     ) -> None:
+        super().__init__(
+            name="checkpointer", batch_size=batch_size, idle_interval=idle_interval
+        )
         self._pool = pool
         self._bus = bus
         self._key = key
@@ -102,53 +103,25 @@ class Checkpointer:
         self._key_id = key_hash(origin, key.public_key()).hex()
         self._every = every_events
         self._interval = interval_seconds
-        self._batch_size = batch_size
-        self._idle_interval = idle_interval
         self._builder = tree.TreeBuilder()
         self._built = 0
         self._loaded = False
-        self._task: asyncio.Task[None] | None = None
-        self._state = CheckpointerState.CREATED
         self.signed_size = 0  # tree size of the newest checkpoint
         self.signed_at = 0.0  # its time (epoch seconds)
         self.published_size = 0  # newest checkpoint on the bus
         self._chain_head = b""
 
     @property
-    def state(self) -> CheckpointerState:
-        return self._state
-
-    @property
     def built_size(self) -> int:
         """Leaves committed to `merkle_nodes` (the builder may run ahead)."""
         return self._built
 
-    async def __aenter__(self) -> Checkpointer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Start following the log from the stored tree and checkpoints."""
-        if self._task is not None:
-            return
-        self._state = CheckpointerState.RUNNING
-        self._task = asyncio.create_task(self._run(), name="checkpointer")
+    def _on_started(self) -> None:
         log.info("checkpointer_started", key_id=self._key_id, origin=self._origin)
 
-    async def stop(self) -> None:
-        """End the loop; what was committed stays, the rest is redone."""
-        if self._task is None:
-            return
-        self._state = CheckpointerState.STOPPING
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+    def _on_stopped(self) -> None:
+        # what was committed stays; the rest is redone from the stored tree
         self._loaded = False
-        self._state = CheckpointerState.STOPPED
         log.info("checkpointer_stopped", built=self.built_size, signed=self.signed_size)
 
     async def run_once(self) -> int:
@@ -274,23 +247,6 @@ class Checkpointer:
                         _WRITE_PROGRESS, (PUBLISHED_NAME, stored.tree_size)
                     )
             self.published_size = stored.tree_size
-
-    async def _run(self) -> None:
-        delay = RETRY_INITIAL
-        while True:
-            try:
-                count = await self.run_once()
-            except AnimusError as exc:
-                log.warning("checkpointer_retrying", error=exc.detail)
-            except Exception:  # noqa: BLE001 - the loop must outlive a bad batch
-                log.exception("checkpointer_batch_failed")
-            else:
-                delay = RETRY_INITIAL
-                if count < self._batch_size:
-                    await asyncio.sleep(self._idle_interval)
-                continue
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
