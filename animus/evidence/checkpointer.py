@@ -27,7 +27,11 @@ from animus.bus import Bus, bus_session
 from animus.db import app_dsn, open_pool, translate_db_errors
 from animus.errors import AnimusError, ConfigurationError
 from animus.evidence import tree
-from animus.evidence.checkpoints import StoredCheckpoint, insert_checkpoint
+from animus.evidence.checkpoints import (
+    StoredCheckpoint,
+    checkpoints_after,
+    insert_checkpoint,
+)
 from animus.evidence.keys import signing_key
 from animus.evidence.note import key_hash, sign_checkpoint
 from contracts.bus import CHECKPOINT_SUBJECT, SignedCheckpoint
@@ -53,10 +57,6 @@ _READ_LEAVES = (
 )
 _LAST_SIGNED = (
     "SELECT tree_size, signed_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
-)
-_UNPUBLISHED = (
-    "SELECT tree_size, root_hash, chain_head, key_id, signed_at, note "
-    "FROM checkpoints WHERE tree_size > %s ORDER BY tree_size LIMIT 100"
 )
 _READ_PROGRESS = "SELECT position FROM relay_checkpoints WHERE name = %s"
 _WRITE_PROGRESS = (
@@ -224,17 +224,8 @@ class Checkpointer(BatchLoop):
             return
         with translate_db_errors():
             async with self._pool.connection() as conn:
-                cur = await conn.execute(_UNPUBLISHED, (self.published_size,))
-                rows = await cur.fetchall()
-        for row in rows:
-            stored = StoredCheckpoint(
-                tree_size=int(row[0]),
-                root_hash=bytes(row[1]),
-                chain_head=bytes(row[2]),
-                key_id=str(row[3]),
-                signed_at=row[4],
-                note=str(row[5]),
-            )
+                unpublished = await checkpoints_after(conn, self.published_size)
+        for stored in unpublished:
             message = SignedCheckpoint(**stored.as_json())
             await self._bus.publish(
                 CHECKPOINT_SUBJECT,

@@ -22,6 +22,7 @@ __all__ = [
     "StoredCheckpoint",
     "checkpoint_at",
     "checkpoint_covering",
+    "checkpoints_after",
     "insert_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
@@ -114,6 +115,18 @@ async def list_checkpoints(
         "WHERE tree_size < coalesce(%s, 9223372036854775807) "
         "ORDER BY tree_size DESC LIMIT %s",
         (before, limit),
+    )
+    return [_record(row) for row in await cur.fetchall()]
+
+
+async def checkpoints_after(
+    conn: AsyncConnection[Any], tree_size: int, *, limit: int = 100
+) -> list[StoredCheckpoint]:
+    """Checkpoints larger than `tree_size`, oldest first."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM checkpoints WHERE tree_size > %s "
+        "ORDER BY tree_size LIMIT %s",
+        (tree_size, limit),
     )
     return [_record(row) for row in await cur.fetchall()]
 
