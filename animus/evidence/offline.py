@@ -2,8 +2,9 @@
 
 It needs no database and no network, and imports nothing of the control
 plane (an import-linter contract holds it to the standard library,
-`cryptography`, `rfc8785`, the chain's canonical form, the RFC 9162 Merkle
-functions and the signed-note module). What it checks, each failure naming
+`cryptography`, `rfc8785`, `jsonschema` with the schemas published in
+contracts/, the chain's canonical form, the RFC 9162 Merkle functions and
+the signed-note module). What it checks, each failure naming
 the member, the position and the reason (contracts/evidence.md):
 
 - a checkpoint: a signed note whose signature by the given key verifies;
@@ -30,7 +31,11 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any, BinaryIO
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from animus import merkle
 from animus.chain import GENESIS_HASH, canonical_text, link_hash
@@ -75,12 +80,9 @@ __all__ = [
 
 INCLUSION_FORMAT = "animus-inclusion-proof/v1"
 CONSISTENCY_FORMAT = "animus-consistency-proof/v1"
-MAX_PATH = 64  # a tree of 2**63 leaves needs fewer nodes
 
 _HEX64 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _COUNT = {"type": "integer", "minimum": 0}
-_POSITIVE = {"type": "integer", "minimum": 1}
-_PATH = {"type": "array", "items": _HEX64, "maxItems": MAX_PATH}
 
 
 def _object(required: dict[str, Any], *, closed: bool = True) -> dict[str, Any]:
@@ -92,122 +94,19 @@ def _object(required: dict[str, Any], *, closed: bool = True) -> dict[str, Any]:
     }
 
 
-INCLUSION_PROOF_SCHEMA = _object(
-    {
-        "format": {"const": INCLUSION_FORMAT},
-        "position": _POSITIVE,
-        "leaf_index": _COUNT,
-        "tree_size": _POSITIVE,
-        "leaf_hash": _HEX64,
-        "root_hash": _HEX64,
-        "path": _PATH,
-    }
-)
-CONSISTENCY_PROOF_SCHEMA = _object(
-    {
-        "format": {"const": CONSISTENCY_FORMAT},
-        "first": _POSITIVE,
-        "second": _POSITIVE,
-        "first_root": _HEX64,
-        "second_root": _HEX64,
-        "path": _PATH,
-    }
-)
-CHAIN_RECORD_SCHEMA = _object(
-    {
-        "position": _POSITIVE,
-        "event_id": {"type": "string"},
-        "stream_type": {"type": "string"},
-        "stream_id": {"type": "string"},
-        "stream_version": _POSITIVE,
-        "project_id": {"type": ["string", "null"]},
-        "type": {"type": "string"},
-        "recorded_at": {"type": "string"},
-        "prev_hash": _HEX64,
-        "hash": _HEX64,
-        "canonical": {"type": "string"},
-    },
-    closed=False,
-)
-MANIFEST_SCHEMA: dict[str, Any] = _object(
-    {
-        "format": {"const": layout.BUNDLE_FORMAT},
-        "run_id": {"type": "string", "minLength": 1},
-        "project_id": {"type": ["string", "null"]},
-        "checkpoint": _object(
-            {
-                "origin": {"type": "string", "minLength": 1},
-                "tree_size": _POSITIVE,
-                "root_hash": _HEX64,
-                "chain_head": _HEX64,
-                "key_id": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
-            }
-        ),
-        "members": {
-            "type": "array",
-            "items": _object(
-                {
-                    "name": {"type": "string"},
-                    "sha256": _HEX64,
-                    "size": _COUNT,
-                }
-            ),
-        },
-        "events": {
-            "type": "array",
-            "minItems": 1,
-            "items": _object(
-                {
-                    "position": _POSITIVE,
-                    "event_id": {"type": "string"},
-                    "type": {"type": "string"},
-                    "stream_id": {"type": "string"},
-                    "hash": _HEX64,
-                }
-            ),
-        },
-        "run": _object(
-            {
-                "status": {"type": "string"},
-                "spec_hash": _HEX64,
-                "plan_hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
-            }
-        ),
-        "dataset_versions": {
-            "type": "array",
-            "items": _object(
-                {
-                    "input": {"type": "string"},
-                    "dataset_id": {"type": "string"},
-                    "version": _POSITIVE,
-                    "sha256": _HEX64,
-                    "size": _COUNT,
-                    "position": _POSITIVE,
-                }
-            ),
-        },
-        "artifacts": {
-            "type": "array",
-            "items": _object(
-                {
-                    "name": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "sha256": _HEX64,
-                    "size": _COUNT,
-                    "position": _POSITIVE,
-                    "member": {
-                        "type": ["string", "null"],
-                        "pattern": "^artifacts/[0-9a-f]{64}$",
-                    },
-                }
-            ),
-        },
-        "decisions": {
-            "type": "array",
-            "items": _object({"position": _POSITIVE, "type": {"type": "string"}}),
-        },
-    }
-)
+
+
+def _published(name: str) -> dict[str, Any]:
+    """A schema published in contracts/, without its annotations."""
+    schema = json.loads((files("contracts") / name).read_text(encoding="utf-8"))
+    return {k: v for k, v in schema.items() if k not in _ANNOTATIONS}
+
+
+_ANNOTATIONS = frozenset({"$schema", "$id", "title", "description"})
+INCLUSION_PROOF_SCHEMA = _published("evidence-inclusion-proof.schema.json")
+CONSISTENCY_PROOF_SCHEMA = _published("evidence-consistency-proof.schema.json")
+CHAIN_RECORD_SCHEMA = _published("evidence-chain-record.schema.json")
+MANIFEST_SCHEMA = _published("evidence-manifest.schema.json")
 
 RUN_TERMINAL = {
     "RunSucceeded": "succeeded",
@@ -244,85 +143,19 @@ class VerificationFailure(Exception):
         super().__init__(f"{', '.join(where)}: {reason}")
 
 
-# -- a small JSON Schema subset, enough for the published schemas --------------
+# -- JSON Schema ------------------------------------------------------------------
 
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,),
-    "array": (list,),
-    "string": (str,),
-    "integer": (int,),
-    "null": (type(None),),
-}
-
-
-def _type_ok(value: Any, name: str) -> bool:
-    if name == "integer" and isinstance(value, bool):
-        return False
-    return isinstance(value, _JSON_TYPES[name])
-
-
-def _schema_error(value: Any, schema: Mapping[str, Any], at: str) -> str | None:
-    """The first way `value` breaks `schema`, located by the JSON path `at`."""
-    if "const" in schema:
-        return (
-            None
-            if value == schema["const"]
-            else (f"{at}: must be {json.dumps(schema['const'])}")
-        )
-    types = schema.get("type")
-    if types is not None:
-        names = [types] if isinstance(types, str) else types
-        if not any(_type_ok(value, name) for name in names):
-            return f"{at}: must be of type {' or '.join(names)}"
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            return f"{at}: must not be empty"
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            return f"{at}: does not match {schema['pattern']}"
-    elif isinstance(value, bool):
-        pass
-    elif isinstance(value, int):
-        if value < schema.get("minimum", value):
-            return f"{at}: must be at least {schema['minimum']}"
-    elif isinstance(value, list):
-        return _array_error(value, schema, at)
-    elif isinstance(value, dict):
-        return _object_error(value, schema, at)
-    return None
-
-
-def _array_error(value: list[Any], schema: Mapping[str, Any], at: str) -> str | None:
-    if len(value) < schema.get("minItems", 0):
-        return f"{at}: must have at least {schema['minItems']} items"
-    if len(value) > schema.get("maxItems", len(value)):
-        return f"{at}: must have at most {schema['maxItems']} items"
-    items = schema.get("items", {})
-    for index, item in enumerate(value):
-        if problem := _schema_error(item, items, f"{at}[{index}]"):
-            return problem
-    return None
-
-
-def _object_error(
-    value: dict[str, Any], schema: Mapping[str, Any], at: str
-) -> str | None:
-    properties = schema.get("properties", {})
-    for name in schema.get("required", ()):
-        if name not in value:
-            return f"{at}: {name} is missing"
-    closed = schema.get("additionalProperties", True) is False
-    for name, item in value.items():
-        if name in properties:
-            if problem := _schema_error(item, properties[name], f"{at}.{name}"):
-                return problem
-        elif closed:
-            return f"{at}: {name} is not allowed"
-    return None
+_VALIDATORS: dict[int, Draft202012Validator] = {}
 
 
 def validate(value: Any, schema: Mapping[str, Any]) -> str | None:
-    """The first way `value` breaks `schema` (a JSON Schema subset), or None."""
-    return _schema_error(value, schema, "$")
+    """The first way `value` breaks `schema` (JSON Schema 2020-12), located by
+    its JSON path, or None."""
+    validator = _VALIDATORS.get(id(schema))
+    if validator is None or validator.schema is not schema:
+        validator = _VALIDATORS[id(schema)] = Draft202012Validator(schema)
+    error = best_match(validator.iter_errors(value))
+    return None if error is None else f"{error.json_path}: {error.message}"
 
 
 # -- keys and checkpoints --------------------------------------------------------
