@@ -17,8 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import clitest
 import httpx
 import pytest
+from clitest import one_line
 
 from animus.embedded import free_ports
 
@@ -27,21 +29,7 @@ if TYPE_CHECKING:
 
 
 def animus(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANIMUS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "animus", *args],
-        env={**clean, "ANIMUS_HOME": str(tmp_path), "COLUMNS": "60", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    return lines[0]
+    return clitest.animus(tmp_path, *args, timeout=60, **env)
 
 
 class TestWrongSettings:

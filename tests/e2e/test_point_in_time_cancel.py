@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
+from clitest import animus
 from test_cancel_through_the_api import (  # noqa: F401 - fixtures
     TOKEN,
     Platform,
@@ -37,18 +35,6 @@ from gateway.asof import AS_OF_HEADER
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed"
 )
-
-
-def animus(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would (as tests/animus/test_cli.py does)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANIMUS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "animus", *args],
-        env={**clean, "ANIMUS_HOME": str(tmp_path), "COLUMNS": "60", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _head(dsn: str) -> int:

@@ -4,36 +4,15 @@ print, and the one plain line (exit 2) for what they refuse."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+from clitest import animus, one_line
 
 if TYPE_CHECKING:
     from tests.projections.conftest import Database, Workload
-
-
-def animus(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user would (as tests/animus/test_cli.py does)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANIMUS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "animus", *args],
-        env={**clean, "ANIMUS_HOME": str(tmp_path), "COLUMNS": "60", **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

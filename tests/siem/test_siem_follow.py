@@ -7,13 +7,13 @@ database or, for a subscriber with only the bus, from the stream."""
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import clitest
 import pytest
+from clitest import one_line
 from siemtest import append_projects
 from test_siem_jetstream import published_up_to
 
@@ -26,21 +26,10 @@ from animus.siem.stream import AuditPublisher
 
 
 def animus(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ANIMUS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "animus", "siem", "follow", *args],
-        env={**clean, "ANIMUS_HOME": str(tmp_path), "COLUMNS": "200", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    """`animus siem follow ARGS`."""
+    return clitest.animus(
+        tmp_path, "siem", "follow", *args, timeout=60, columns=200, **env
     )
-
-
-def one_line(done: subprocess.CompletedProcess[str]) -> str:
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert "internal error" not in done.stderr
-    return lines[0]
 
 
 class TestOptions:
