@@ -42,6 +42,16 @@ def add_trace_context(
     return event
 
 
+def _stderr_logger(*args: Any) -> structlog.PrintLogger:
+    """A logger writing to stderr as it is now, not as it was at configuration.
+
+    Loggers are not cached, so each log call asks again: whoever swaps
+    sys.stderr (a test capturing a command's output, a daemon redirecting it)
+    never leaves the process writing into a closed stream.
+    """
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(
     *, level: str = "info", fmt: str = "json", process: str | None = None
 ) -> None:
@@ -67,7 +77,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     if process:
