@@ -109,3 +109,18 @@ def fresh_database(services: Services) -> Iterator[str]:
                 sql.Identifier(name)
             )
         )
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_kept() -> Iterator[None]:
+    """Give each test the logging configuration it found.
+
+    A test that runs `animus.cli.main` in-process configures logging for
+    the whole process (an operator tool keeps only warnings), which would
+    silence the log lines later tests capture.
+    """
+    import structlog
+
+    kept = structlog.get_config()
+    yield
+    structlog.configure(**kept)
